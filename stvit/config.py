@@ -1,0 +1,189 @@
+"""Configuration: dataclasses for the model, the data and the recipe, and the named presets.
+
+A `Config` is plain data (ints, floats, strings, tuples): it round-trips through JSON
+(`Config.to_dict` / `Config.from_dict`) and is stored as such in checkpoints and run directories.
+
+Presets (DESIGN.md sections 2-3):
+- `paper`: the seed's write-up (d 192, 4 spatial + 2 temporal blocks, 4 heads, MAE 80 epochs, fine-tune 20).
+- `notebook`: the public notebook behind the seed's numbers (8 heads, MAE 100 epochs at lr 1.5e-3,
+  fine-tune lr 3e-4 with StepLR(14, 0.1), flips along axis 2).
+- `demo`: the same code at small widths, depths, epochs and data, so it trains in minutes on 2 CPU cores.
+
+Axis convention: a volume is (53, 63, 46) on SPM's 3 mm grid: axis 0 is left-right, axis 1
+posterior-anterior, axis 2 inferior-superior. The model reads axis 0 as a sequence of 53 sagittal slices
+(the seed calls it "time"; it is space).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+PRESETS = ("paper", "notebook", "demo")
+
+
+@dataclass
+class ModelConfig:
+    volume: tuple[int, int, int] = (53, 63, 46)  # (slices, H, W): slices run left-right
+    patch: tuple[int, int] = (7, 2)
+    dim: int = 192
+    depth: int = 4  # spatial encoder blocks
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    temporal_depth: int = 2  # blocks of the transformer over the slice sequence
+    temporal_heads: int = 4
+    temporal_mlp_ratio: float = 2.0
+    head_hidden: int = 96
+    num_classes: int = 2
+    dropout: float = 0.1
+    # MAE decoder (pre-training only)
+    mask_ratio: float = 0.65
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    decoder_mlp_ratio: float = 4.0
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    kernels: str = "eager"  # "eager" (plain-torch reference ops) or "fused" (Triton kernels)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patches per slice along (H, W): (9, 23) for 63x46 slices and 7x2 patches."""
+        return self.volume[1] // self.patch[0], self.volume[2] // self.patch[1]
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid
+        return gh * gw
+
+    @property
+    def patch_dim(self) -> int:
+        return self.patch[0] * self.patch[1]
+
+    @property
+    def len_keep(self) -> int:
+        """Visible patches per slice during MAE pre-training (MAE's `int(L * (1 - ratio))`)."""
+        return int(self.num_patches * (1 - self.mask_ratio))
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # None: the built-in synthetic set (generated and cached)
+    class_names: tuple[str, ...] = ("class0", "class1")
+    val_fraction: float = 0.1  # carved from train, grouped by subject, stratified by label
+    flip_fraction: float = 0.1  # share of training volumes flipped each epoch
+    flip_axis: int = 0  # axis of the (53, 63, 46) volume: 0 = left-right
+    zscore: bool = False  # per-volume z-scoring for inputs that are not already normalized
+    nan_to_zero: bool = False  # repair NaN/Inf voxels instead of refusing the file
+    synth_train: int = 3200  # size of the built-in synthetic set
+    synth_test: int = 800
+    synth_seed: int = 0
+    max_train: int | None = None  # optional caps (demo preset, smoke runs)
+    max_test: int | None = None
+
+
+@dataclass
+class OptimConfig:
+    epochs: int
+    lr: float
+    warmup_epochs: float = 0.0
+    schedule: str = "cosine"  # "cosine" (warmup + cosine, set every iteration), "step", "constant"
+    step_size: int = 14  # StepLR, in epochs
+    gamma: float = 0.1
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 8  # volumes per step (x 53 slices for the spatial encoder)
+    eval_batch_size: int = 16
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto, fp32, bf16, fp16
+    compile: bool = True
+    select_on_test: bool = False  # the seed's protocol: picks the epoch on the test set (leaks)
+    max_nonfinite_steps: int = 3
+    log_every: int = 10
+
+
+@dataclass
+class Config:
+    preset: str = "paper"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mae: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=80, lr=1.5e-4, warmup_epochs=10))
+    finetune: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=20, lr=3e-5, warmup_epochs=0))
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        """Inverse of `to_dict`; unknown keys raise `ValueError` naming the key."""
+        return _from_dict(cls, d, "")
+
+    def override(self, d: dict[str, Any]) -> "Config":
+        """A copy with the (possibly partial, nested) values of `d` applied on top."""
+        merged = _merge(self.to_dict(), d, "")
+        return Config.from_dict(merged)
+
+
+def _merge(base: dict, upd: dict, where: str) -> dict:
+    out = dict(base)
+    for k, v in upd.items():
+        if k not in base:
+            raise ValueError(f"unknown config key '{where}{k}'")
+        if isinstance(base[k], dict) and isinstance(v, dict):
+            out[k] = _merge(base[k], v, f"{where}{k}.")
+        else:
+            out[k] = v
+    return out
+
+
+def _from_dict(cls, d: dict[str, Any], where: str):
+    if not isinstance(d, dict):
+        raise ValueError(f"config section '{where.rstrip('.') or 'root'}' must be an object")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in d.items():
+        if k not in fields:
+            raise ValueError(f"unknown config key '{where}{k}'")
+        ftype = fields[k].type
+        sub = {"ModelConfig": ModelConfig, "DataConfig": DataConfig, "OptimConfig": OptimConfig,
+               "TrainConfig": TrainConfig}.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+        if sub is not None:
+            v = _from_dict(sub, v, f"{where}{k}.")
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def preset(name: str) -> Config:
+    """The named preset (`paper`, `notebook`, `demo`)."""
+    if name == "paper":
+        return Config(preset="paper")
+    if name == "notebook":
+        return Config(
+            preset="notebook",
+            model=ModelConfig(heads=8, temporal_heads=8, decoder_heads=8),
+            data=DataConfig(flip_axis=2),
+            mae=OptimConfig(epochs=100, lr=1.5e-3, warmup_epochs=5),
+            finetune=OptimConfig(epochs=20, lr=3e-4, schedule="step", step_size=14, gamma=0.1),
+        )
+    if name == "demo":
+        # Small widths, depths and data so that the whole job runs in minutes on 2 CPU cores.
+        return Config(
+            preset="demo",
+            model=ModelConfig(dim=64, depth=2, heads=4, temporal_depth=1, temporal_heads=4, head_hidden=32,
+                              decoder_dim=64, decoder_depth=1, decoder_heads=4),
+            data=DataConfig(synth_train=480, synth_test=160, max_train=None, max_test=None),
+            mae=OptimConfig(epochs=2, lr=1e-3, warmup_epochs=0.5),
+            finetune=OptimConfig(epochs=6, lr=1e-3, warmup_epochs=1),
+            train=TrainConfig(batch_size=8, compile=False),
+        )
+    raise ValueError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})")
