@@ -1,0 +1,125 @@
+"""`python -m stvit.data inspect FILE` and `python -m stvit.data synth --out FILE`.
+
+inspect: the variables (from the headers), then the checked contents (label balance, subjects, value range,
+in-brain voxels) and `valid`, or the problem as `error: <file>: <problem>` with exit code 2.
+synth: writes the synthetic HCP-like set in the real layout (refuses to overwrite without --force).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import run_cli
+from .dataset import SPLITS, DataError, HCPData, fmt_shape
+from .readers import describe, load_dataset
+from .synth import FORMATS, format_for, write_synthetic
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return ""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m stvit.data", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    i = sub.add_parser("inspect", help="show what is in a data file and whether it is valid")
+    i.add_argument("file", help="MAT (v5/v7/v7.3), HDF5 or .npz file, or a NIfTI folder / CSV")
+    i.add_argument("--nan-to-zero", action="store_true", help="repair NaN/Inf voxels instead of refusing them")
+    i.add_argument("--volume-shape", type=_positive, nargs=3, default=(53, 63, 46), metavar=("X", "Y", "Z"))
+    i.add_argument("--num-classes", type=_positive, default=2)
+    s = sub.add_parser("synth", help="write a synthetic HCP-like set in the real layout")
+    s.add_argument("--out", required=True, help="output file (.mat, .npz, .h5)")
+    s.add_argument("--n-train", type=_positive, default=480, help="train volumes (the course file has 3200)")
+    s.add_argument("--n-test", type=_positive, default=160, help="test volumes (the course file has 800)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--format", choices=FORMATS, help="mat (v5), mat73 (HDF5) or npz; default from the extension")
+    s.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="volume dtype in the file (the course file is float64)")
+    s.add_argument("--force", action="store_true", help="overwrite an existing file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return inspect(args) if args.command == "inspect" else synth(args)
+
+
+def inspect(args) -> int:
+    path = Path(args.file)
+    kind, variables = describe(path)
+    size = f", {_size(path.stat().st_size)}" if path.is_file() else ""
+    print(f"{path}: {kind}{size}")
+    width = max((len(k) for k in variables), default=0)
+    for name, info in variables.items():
+        print(f"  {name:<{width}}  {fmt_shape(info.shape):<22} {info.dtype}")
+    data = load_dataset(path, volume_shape=tuple(args.volume_shape), num_classes=args.num_classes,
+                        nan_to_zero=args.nan_to_zero)
+    for line in summary(data):
+        print(line)
+    print("valid")
+    return 0
+
+
+def summary(data: HCPData) -> list[str]:
+    """Label balance, subjects, value range and in-brain voxel count, computed a chunk at a time."""
+    lines = []
+    for split in SPLITS:
+        X, y, ids = data.split(split)
+        labels = ", ".join(f"{c}: {n}" for c, n in zip(*np.unique(y, return_counts=True)))
+        subjects = "no subject ids"
+        if ids is not None:
+            _, per = np.unique(ids, return_counts=True)
+            each = f"{per[0]} volumes each" if per.min() == per.max() else f"{per.min()}-{per.max()} volumes each"
+            subjects = f"{len(per)} subjects ({each})"
+        lines.append(f"{split + ':':<6} {len(y)} volumes; labels {labels}; {subjects}")
+    if data.ids_train is not None and data.ids_test is not None:
+        both = np.intersect1d(data.ids_train, data.ids_test)
+        lines.append(f"subjects in both splits: {len(both) if len(both) else 'none'}"
+                     + (" (test accuracy will be optimistic)" if len(both) else ""))
+    lo, hi, nonzero = np.inf, -np.inf, np.zeros(data.X_train.shape[1:], bool)
+    for X in (data.X_train, data.X_test):
+        for s in range(0, len(X), 64):
+            chunk = X[s:s + 64]
+            lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+            nonzero |= (chunk != 0).any(0)
+    lines.append(f"values: min {lo:.3g}, max {hi:.3g}; in-brain voxels (non-zero in some volume): "
+                 f"{int(nonzero.sum()):,} of {nonzero.size:,}")
+    return lines
+
+
+def synth(args) -> int:
+    out = Path(args.out)
+    fmt = args.format or format_for(out)
+    if fmt is None:
+        raise DataError(f"cannot tell the format from the name; pass --format {'|'.join(FORMATS)}", out)
+    if not out.parent.is_dir():
+        raise DataError("folder does not exist", out.parent)
+    if out.exists() and not args.force:
+        raise DataError("file exists; pass --force to overwrite it", out)
+    start = time.perf_counter()
+    try:
+        write_synthetic(out, args.n_train, args.n_test, args.seed, fmt=fmt, dtype=np.dtype(args.dtype))
+    except OSError as err:
+        raise DataError(f"cannot write ({err.strerror or err})", out) from None
+    print(f"wrote {out}: {args.n_train} train + {args.n_test} test volumes, {fmt}, {args.dtype}, "
+          f"{_size(out.stat().st_size)} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,167 @@
+"""The in-memory dataset every reader returns (`HCPData`), `DataError`, and the checks every file goes through.
+
+Errors a user can cause with a data file are `DataError("<problem>", path)`: one line, `<path>: <problem>`,
+which the command-line edge prints as `error: <path>: <problem>` with exit code 2.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import UserError
+
+SPLITS = ("train", "test")
+VOLUME_SHAPE = (53, 63, 46)  # SPM 3 mm grid: left-right, posterior-anterior, inferior-superior
+CHUNK_VOLUMES = 64  # volumes per pass in the in-place checks (bounded temporaries)
+
+
+class DataError(UserError):
+    """A data file (or one of its volumes) that cannot be used; `str(err)` is `<path>: <problem>`."""
+
+
+def keys(split: str) -> tuple[str, str, str]:
+    """The real file's keys for a split: (`X_<split>`, `y_<split>`, `ids_<split>`)."""
+    return f"X_{split}", f"y_{split}", f"ids_{split}"
+
+
+@dataclass(repr=False)
+class HCPData:
+    """Train and test splits in memory: volumes (N, 53, 63, 46) C-order (axis 0 = left-right), labels (N,)
+    int64 in [0, num_classes), subject ids (N,) str or None when the file has none."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    ids_train: np.ndarray | None
+    X_test: np.ndarray
+    y_test: np.ndarray
+    ids_test: np.ndarray | None
+    source: str
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(X, y, ids) of `train` or `test`."""
+        if name not in SPLITS:
+            raise ValueError(f"unknown split '{name}' (choose from {', '.join(SPLITS)})")
+        return getattr(self, f"X_{name}"), getattr(self, f"y_{name}"), getattr(self, f"ids_{name}")
+
+    def __repr__(self) -> str:
+        parts = [f"{s}: {self.split(s)[0].shape} {self.split(s)[0].dtype}" for s in SPLITS]
+        return f"HCPData({self.source!r}, {', '.join(parts)})"
+
+
+def fmt_shape(shape: tuple[int, ...]) -> str:
+    return " x ".join(map(str, shape)) if shape else "scalar"
+
+
+def check_volumes_shape(name: str, shape: tuple[int, ...], volume_shape: tuple[int, ...], path) -> int:
+    """Rank and volume shape of an `X_*` variable, before any data is read; returns N."""
+    want = "x".join(map(str, volume_shape))
+    if len(shape) != 1 + len(volume_shape):
+        raise DataError(f"{name} has rank {len(shape)} ({fmt_shape(shape)}), expected rank {1 + len(volume_shape)}: "
+                        f"N volumes of {want}", path)
+    if tuple(shape[1:]) != tuple(volume_shape):
+        raise DataError(f"{name} volumes are {'x'.join(map(str, shape[1:]))}, expected {want}", path)
+    if shape[0] == 0:
+        raise DataError(f"{name} has no volumes (empty split)", path)
+    return shape[0]
+
+
+def as_labels(a, name: str, num_classes: int, path) -> np.ndarray:
+    """Labels stored as (N,), (N, 1) or (1, N), any integer, bool or float type -> (N,) int64, checked."""
+    a = np.asarray(a)
+    if a.ndim > 2 or (a.ndim == 2 and 1 not in a.shape):
+        raise DataError(f"{name} has shape {fmt_shape(a.shape)}, expected a vector: N, N x 1 or 1 x N", path)
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"{name} is not numeric (dtype {a.dtype}), expected class indices 0..{num_classes - 1}", path)
+    flat = a.reshape(-1)
+    if flat.dtype.kind == "f":
+        if not np.isfinite(flat).all():
+            raise DataError(f"{name} has NaN/Inf labels", path)
+        if (flat != np.round(flat)).any():
+            bad = flat[flat != np.round(flat)][0]
+            raise DataError(f"{name} has non-integer labels (e.g. {bad:g}), expected 0..{num_classes - 1}", path)
+    y = flat.astype(np.int64)
+    outside = (y < 0) | (y >= num_classes)
+    if outside.any():
+        found = ", ".join(map(str, np.unique(y[outside])[:5]))
+        hint = ""
+        if y.min() >= 1 and y.max() == num_classes:
+            hint = " (1-based labels? subtract 1)"
+        raise DataError(f"{name} has labels outside the class set {{{', '.join(map(str, range(num_classes)))}}}: "
+                        f"{found} ({int(outside.sum())} volumes){hint}", path)
+    return y
+
+
+def as_ids(a, name: str, path) -> np.ndarray:
+    """Subject ids -> (N,) str: strings (a char matrix read as strings, trailing blanks dropped), cells of
+    strings, or numbers (written without a decimal point when integral)."""
+    a = np.asarray(a)
+    if a.ndim > 2 or (a.ndim == 2 and 1 not in a.shape):
+        raise DataError(f"{name} has shape {fmt_shape(a.shape)}, expected one id per volume", path)
+    flat = a.reshape(-1)
+    if flat.dtype.kind == "S":
+        flat = np.char.decode(flat, "utf-8", "replace")
+    if flat.dtype.kind == "U":
+        return np.char.rstrip(flat, " \x00").astype(str)
+    if flat.dtype.kind in "biuf":
+        if flat.dtype.kind == "f" and (~np.isfinite(flat)).any():
+            raise DataError(f"{name} has NaN/Inf ids", path)
+        integral = flat.dtype.kind != "f" or (flat == np.round(flat)).all()
+        return np.array([str(int(v)) if integral else repr(float(v)) for v in flat], dtype=str)
+    if flat.dtype.kind == "O":
+        out = []
+        for v in flat:
+            v = np.asarray(v)
+            if v.size != 1 and v.dtype.kind not in "US":
+                raise DataError(f"{name} has an entry that is not one id ({v.dtype}, {fmt_shape(v.shape)})", path)
+            out.append(as_ids(v.reshape(-1)[:1] if v.size else np.array([""]), name, path)[0])
+        return np.array(out, dtype=str)
+    raise DataError(f"{name} has unsupported type {a.dtype}", path)
+
+
+def check_counts(split: str, n: int, y: np.ndarray, ids: np.ndarray | None, path) -> None:
+    xk, yk, ik = keys(split)
+    if len(y) != n:
+        raise DataError(f"{xk} has {n} volumes but {yk} has {len(y)} labels", path)
+    if ids is not None and len(ids) != n:
+        raise DataError(f"{xk} has {n} volumes but {ik} has {len(ids)} ids", path)
+
+
+def check_finite(X: np.ndarray, name: str, path, nan_to_zero: bool) -> int:
+    """Refuse NaN/Inf voxels (or, with `nan_to_zero`, set them to 0 in place); returns how many were repaired."""
+    bad_total, bad_volumes, first = 0, 0, None
+    for s in range(0, len(X), CHUNK_VOLUMES):
+        chunk = X[s:s + CHUNK_VOLUMES]
+        bad = ~np.isfinite(chunk)
+        if not bad.any():
+            continue
+        per = bad.reshape(len(chunk), -1).sum(1)
+        bad_total += int(per.sum())
+        bad_volumes += int((per > 0).sum())
+        if first is None:
+            first = s + int(np.flatnonzero(per)[0])
+        if nan_to_zero:
+            chunk[bad] = 0
+    if bad_total and not nan_to_zero:
+        raise DataError(f"{name} has {bad_total:,} NaN/Inf voxels in {bad_volumes} volumes (first: volume {first}); "
+                        "--nan-to-zero (nan_to_zero=True) sets them to 0", path)
+    return bad_total
+
+
+def zscore_volumes(X: np.ndarray) -> np.ndarray:
+    """Per-volume z-scoring in place over the non-zero voxels (the brain); the background stays exactly 0.
+    For inputs that are not already normalized (the course file is). Constant volumes are only centered."""
+    if not X.flags.c_contiguous:
+        raise ValueError("zscore_volumes works in place on a C-contiguous array")
+    for s in range(0, len(X), CHUNK_VOLUMES):
+        v = X[s:s + CHUNK_VOLUMES].reshape(min(CHUNK_VOLUMES, len(X) - s), -1)  # a view: X is C-contiguous
+        inside = v != 0
+        n = np.maximum(inside.sum(1), 1)
+        mean = v.sum(1, dtype=np.float64) / n
+        var = (np.square(v - mean[:, None].astype(v.dtype)) * inside).sum(1, dtype=np.float64) / n
+        std = np.sqrt(var)
+        std[std == 0] = 1.0
+        v -= mean[:, None].astype(v.dtype)
+        v /= std[:, None].astype(v.dtype)
+        v[~inside] = 0
+    return X

@@ -1,0 +1,313 @@
+"""A synthetic HCP-like data set in the real layout, and the built-in (cached) copy of it.
+
+Each volume (53, 63, 46) on the SPM 3 mm grid is
+    anatomy template + subject baseline + gain_s * a_v * pattern_{s, class} + smooth noise + white noise,
+shifted by up to one voxel per axis (jitter), cut to a brain-shaped support (exactly 0 outside, about 60k
+voxels) and z-scored over the brain. The two condition patterns are Gaussian blobs at plausible places
+(class 0 "face": fusiform and occipital face areas, amygdala; class 1 "shape": dorsal occipital and
+intraparietal cortex; both classes: early visual cortex), displaced per subject. The per-volume amplitude a_v
+varies (some volumes carry almost no signal). Subjects hold 16 volumes (8 per class); train and test subjects
+are disjoint. `SIGNAL` is calibrated so that a linear classifier on the raw voxels is clearly above chance but
+far from perfect (tests/test_data_synth.py pins the band).
+
+Speed: the smooth noise comes from a bank of periodic smooth fields (drawn from the seed) read at random
+offsets, and every volume is computed on the in-brain voxels only, by gathers. Everything is a function of
+`(n_train, n_test, seed, GENERATOR_VERSION)`; each subject draws from its own seeded generator.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import VOLUME_SHAPE, DataError, HCPData
+
+GENERATOR_VERSION = 1
+VOLUMES_PER_SUBJECT = 16  # 8 per class
+ORIGIN_MM = (-78.0, -112.0, -50.0)  # centre of the grid's first voxel (SPM bounding box), 3 mm voxels
+
+# one hemisphere's blob: (x, y, z) MNI mm (mirrored in x when x != 0), weight, sigma in voxels
+FACE = [((40, -54, -20), 1.0, 2.0), ((40, -80, -8), 0.7, 2.0), ((22, -6, -18), 0.5, 1.5)]
+SHAPE = [((26, -86, 22), 1.0, 2.2), ((28, -60, 48), 0.8, 2.0)]
+SHARED = [((0, -92, 4), 1.0, 3.0)]  # early visual cortex: both conditions, not discriminative
+
+TEMPLATE = 1.0  # std inside the brain (before z-scoring) of each component
+BASELINE = 0.6
+NOISE = 0.9
+WHITE = 0.5
+SIGNAL = 2.0  # class pattern amplitude: the calibration knob
+SUBJECT_OFFSET_VOX = 1.0  # per-subject displacement of the blobs (std, voxels)
+
+PAD = 1  # jitter: up to one voxel per axis
+PADDED = tuple(s + 2 * PAD for s in VOLUME_SHAPE)
+BANK_SHAPE = (64, 72, 56)  # noise fields, read at random offsets
+BANK_SMOOTH, BANK_COARSE = 32, 8  # fields in the noise bank (sigma 1.5) and the baseline bank (sigma 3)
+
+
+def mm_to_voxel(xyz) -> np.ndarray:
+    return (np.asarray(xyz, dtype=np.float64) - ORIGIN_MM) / 3.0
+
+
+def _smooth(x: np.ndarray, sigma: float, mode: str = "constant") -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(x, (0,) * (x.ndim - 3) + (sigma,) * 3, truncate=3.0, mode=mode)
+
+
+@functools.lru_cache(maxsize=1)
+def brain_support() -> np.ndarray:
+    """A brain-shaped boolean support on the 53x63x46 grid (about 60k voxels): a smoothly deformed
+    ellipsoid, cut under the frontal lobe and in front of the cerebellum. The same for every seed."""
+    i, j, k = np.meshgrid(*(np.arange(s, dtype=np.float64) for s in VOLUME_SHAPE), indexing="ij")
+    c, r = (25.8, 30.5, 21.5), (23.5, 30.0, 22.0)
+    u, v, w = (i - c[0]) / r[0], (j - c[1]) / r[1], (k - c[2]) / r[2]
+    bumps = _smooth(np.random.default_rng(12345).standard_normal(VOLUME_SHAPE), 5.0)
+    inside = np.sqrt(u * u + v * v + w * w) < 1.0 + bumps * (0.06 / bumps.std())
+    inside &= ~((w < -0.35) & (v > 0.3))  # orbits, nasal cavity
+    inside &= ~((w < -0.55) & (np.abs(u) < 0.25) & (v > -0.2))  # brain stem notch
+    return inside
+
+
+@functools.lru_cache(maxsize=1)
+def _geometry() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat indices of the brain voxels in the grid, in the padded grid, and in a bank field."""
+    ijk = np.argwhere(brain_support())
+    grid = np.ravel_multi_index(ijk.T, VOLUME_SHAPE)
+    padded = np.ravel_multi_index((ijk + PAD).T, PADDED)
+    bank = np.ravel_multi_index(ijk.T, BANK_SHAPE)
+    return grid, padded, bank
+
+
+def _blob(center_vox, sigma: float) -> np.ndarray:
+    """A separable Gaussian bump on the padded grid, peak 1; `center_vox` in unpadded voxels."""
+    g = [np.exp(-0.5 * ((np.arange(s) - PAD - c) / sigma) ** 2) for s, c in zip(PADDED, center_vox)]
+    return g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :]
+
+
+def _pattern(regions, rng: np.random.Generator) -> np.ndarray:
+    out = np.zeros(PADDED)
+    for xyz, weight, sigma in regions:
+        for sx in ((1, -1) if xyz[0] else (1,)):
+            c = mm_to_voxel((sx * xyz[0], xyz[1], xyz[2])) + rng.normal(0, SUBJECT_OFFSET_VOX, 3)
+            out += weight * _blob(c, sigma)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _template() -> np.ndarray:
+    """A fixed 'anatomy' on the padded grid, shared by every volume (unit std in the brain)."""
+    t = _smooth(np.random.default_rng(54321).standard_normal(PADDED), 1.5)
+    return (t / t.reshape(-1)[_geometry()[1]].std()).astype(np.float32)
+
+
+def _bank(seed: int, count: int, sigma: float, stream: int) -> np.ndarray:
+    """`count` periodic smooth fields (flat, unit std) from the seed."""
+    rng = np.random.default_rng([seed, GENERATOR_VERSION, stream])
+    fields = _smooth(rng.standard_normal((count,) + BANK_SHAPE, dtype=np.float32), sigma, mode="wrap")
+    fields /= fields.std(axis=(1, 2, 3), keepdims=True)
+    return fields.reshape(count, -1)
+
+
+def _offsets(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Random flat offsets of a grid-sized window inside a bank field."""
+    o = [rng.integers(0, b - s + 1, n) for b, s in zip(BANK_SHAPE, VOLUME_SHAPE)]
+    return np.ravel_multi_index(o, BANK_SHAPE)
+
+
+@functools.lru_cache(maxsize=1)
+def _shifted() -> tuple[np.ndarray, np.ndarray]:
+    """For each of the 27 jitters (np.roll's sense: content moves by +d): the padded-grid indices the brain
+    voxels read from (27, n_brain), and the template read there (27, n_brain) float32."""
+    _, padded, _ = _geometry()
+    strides = np.array([PADDED[1] * PADDED[2], PADDED[2], 1])
+    at = np.stack([padded - strides @ np.array(d) for d in np.ndindex(3, 3, 3)]) + strides.sum() * PAD
+    return at, _template().reshape(-1)[at] * np.float32(TEMPLATE)
+
+
+def _subject(seed: int, index: int, labels: np.ndarray, smooth: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    """The brain voxels (len(labels), n_brain) float32 of subject `index`."""
+    _, _, bank = _geometry()
+    at, template = _shifted()
+    rng = np.random.default_rng([seed, GENERATOR_VERSION, index])
+    shared = _pattern(SHARED, rng)
+    patterns = [(_pattern(c, rng) + shared).reshape(-1).astype(np.float32) for c in (FACE, SHAPE)]
+    baseline = coarse[rng.integers(len(coarse)), _offsets(rng, 1)[0]:][bank] * np.float32(BASELINE)
+    gain = rng.uniform(0.6, 1.4)
+    n = len(labels)
+    amplitude = (np.clip(rng.normal(1.0, 0.6, n), 0.0, None) * gain * SIGNAL).astype(np.float32)
+    jitter = rng.integers(0, 27, n)  # index into np.ndindex(3, 3, 3): shifts -1..1 per axis
+    pick, offset = rng.integers(len(smooth), size=(n, 2)), _offsets(rng, 2 * n).reshape(n, 2)
+    mix = rng.standard_normal((n, 2))
+    mix = (mix / np.linalg.norm(mix, axis=1, keepdims=True) * NOISE).astype(np.float32)
+    out = np.empty((n, len(bank)), np.float32)
+    for v in range(n):
+        x = out[v]
+        np.multiply(patterns[labels[v]][at[jitter[v]]], amplitude[v], out=x)
+        x += template[jitter[v]]
+        x += baseline
+        x += mix[v, 0] * smooth[pick[v, 0], offset[v, 0]:][bank]
+        x += mix[v, 1] * smooth[pick[v, 1], offset[v, 1]:][bank]
+        x += np.float32(WHITE) * rng.standard_normal(len(x), dtype=np.float32)
+        x -= x.mean()
+        x /= np.sqrt(np.dot(x, x) / len(x))
+    return out
+
+
+def _subject_ids(seed: int, count: int) -> np.ndarray:
+    """Distinct 6-digit ids, HCP style."""
+    rng = np.random.default_rng([seed, GENERATOR_VERSION, 1 << 30])
+    return np.array([str(v) for v in rng.choice(np.arange(100000, 1000000), count, replace=False)])
+
+
+def _labels(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per volume: (subject index within the split, label); 8 of each class per subject, class-blocked."""
+    subject = np.arange(n) // VOLUMES_PER_SUBJECT
+    pos = np.arange(n) % VOLUMES_PER_SUBJECT
+    return subject, (pos >= VOLUMES_PER_SUBJECT // 2).astype(np.int64)
+
+
+def make_synthetic(n_train: int, n_test: int, seed: int) -> HCPData:
+    """The synthetic set in memory: float32 volumes, int64 labels, str subject ids (subject-disjoint splits)."""
+    if n_train < 1 or n_test < 1:
+        raise ValueError("n_train and n_test must be >= 1")
+    grid = _geometry()[0]
+    smooth = _bank(seed, BANK_SMOOTH, 1.5, stream=1 << 31)
+    coarse = _bank(seed, BANK_COARSE, 3.0, stream=(1 << 31) + 1)
+    subj_tr, y_tr = _labels(n_train)
+    subj_te, y_te = _labels(n_test)
+    n_sub_tr = int(subj_tr[-1]) + 1
+    ids = _subject_ids(seed, n_sub_tr + int(subj_te[-1]) + 1)
+    splits = []
+    for subj, y, first in ((subj_tr, y_tr, 0), (subj_te, y_te, n_sub_tr)):
+        X = np.empty((len(y),) + VOLUME_SHAPE, np.float32)
+        flat = X.reshape(len(y), -1)
+        for s in np.unique(subj):
+            rows = np.flatnonzero(subj == s)
+            brain = _subject(seed, first + s, y[rows], smooth, coarse)
+            for r, values in zip(rows, brain):
+                flat[r] = 0
+                flat[r, grid] = values
+        splits.append(X)
+    return HCPData(splits[0], y_tr, ids[subj_tr], splits[1], y_te, ids[n_sub_tr + subj_te], source="synthetic")
+
+
+# --- writing ----------------------------------------------------------------------------------------------
+
+FORMATS = ("mat", "mat73", "npz")
+
+
+def format_for(path) -> str | None:
+    """The default format for a file name: .mat -> MAT v5, .npz -> npz, .h5/.hdf5 -> MAT v7.3."""
+    return {".mat": "mat", ".npz": "npz", ".h5": "mat73", ".hdf5": "mat73"}.get(Path(path).suffix.lower())
+
+
+def write_synthetic(path, n_train: int, n_test: int, seed: int, *, fmt: str | None = None,
+                    dtype=np.float64) -> None:
+    """Generate the synthetic set and write it in the real layout (X (N, 53, 63, 46) `dtype`, y (N, 1)
+    double, ids as a char matrix), atomically (a temp file next to `path`, then `os.replace`)."""
+    write_dataset(path, make_synthetic(n_train, n_test, seed), fmt=fmt, dtype=dtype)
+
+
+def write_dataset(path, data: HCPData, *, fmt: str | None = None, dtype=np.float64) -> None:
+    """Write `data` as MAT v5 (`mat`), MAT v7.3 (`mat73`: HDF5 with MATLAB's user block and attributes) or
+    `npz`, converting the volumes to `dtype` a block at a time; atomic (temp file + `os.replace`)."""
+    path = Path(path)
+    fmt = fmt or format_for(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    dtype = np.dtype(dtype)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        {"mat": _write_mat, "mat73": _write_mat73, "npz": _write_npz}[fmt](tmp, data, dtype)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _variables(data: HCPData):
+    for split in ("train", "test"):
+        X, y, ids = data.split(split)
+        yield f"X_{split}", X
+        yield f"y_{split}", y.reshape(-1, 1).astype(np.float64)
+        if ids is not None:
+            yield f"ids_{split}", ids
+
+
+def _write_mat(tmp: str, data: HCPData, dtype: np.dtype) -> None:
+    from .matv5 import write_mat5
+
+    arrays = dict(_variables(data))
+    write_mat5(tmp, arrays, dtypes={name: dtype for name in arrays if name.startswith("X_")})
+
+
+def _write_mat73(tmp: str, data: HCPData, dtype: np.dtype) -> None:
+    import h5py
+
+    header = "MATLAB 7.3 MAT-file, Platform: GLNXA64, Created by: stvit HDF5 schema 1.00 ."
+    with h5py.File(tmp, "w", userblock_size=512) as f:
+        for name, arr in _variables(data):
+            if arr.dtype.kind == "U":  # char matrix (N, L) -> uint16 (L, N)
+                width = max(1, max(len(s) for s in arr))
+                codes = np.array([[ord(c) for c in s.ljust(width)] for s in arr], dtype=np.uint16)
+                ds = f.create_dataset(name, data=codes.T)
+                ds.attrs["MATLAB_class"] = np.bytes_("char")
+                ds.attrs["MATLAB_int_decode"] = np.int32(2)
+                continue
+            out_dtype = dtype if name.startswith("X_") else arr.dtype
+            ds = f.create_dataset(name, shape=arr.shape[::-1], dtype=out_dtype)
+            ds.attrs["MATLAB_class"] = np.bytes_({"f8": "double", "f4": "single"}.get(out_dtype.str[1:], "double"))
+            rev = arr.T
+            step = max(1, (16 << 20) // max(1, rev[0].nbytes))
+            for k in range(0, len(rev), step):
+                ds[k:k + step] = rev[k:k + step]
+    with open(tmp, "r+b") as f:
+        f.write(header.encode().ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM")
+
+
+def _write_npz(tmp: str, data: HCPData, dtype: np.dtype) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in _variables(data):
+            if name.startswith("X_"):
+                out = dtype
+            elif name.startswith("y_"):
+                arr, out = arr.reshape(-1), np.dtype(np.int64)
+            else:
+                out = arr.dtype
+            with zf.open(name + ".npy", "w", force_zip64=True) as fp:
+                header = {"descr": np.lib.format.dtype_to_descr(out), "fortran_order": False, "shape": arr.shape}
+                np.lib.format.write_array_header_2_0(fp, header)
+                flat = arr.reshape(-1)
+                step = max(1, (16 << 20) // out.itemsize)
+                for s in range(0, flat.size, step):
+                    fp.write(flat[s:s + step].astype(out).tobytes())
+
+
+# --- the built-in set ---------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """$STVIT_CACHE, else ~/.cache/stvit."""
+    return Path(os.environ.get("STVIT_CACHE") or Path.home() / ".cache" / "stvit")
+
+
+def builtin_dataset_path(n_train: int, n_test: int, seed: int, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The built-in synthetic set as a MAT v5 file (float32 volumes), generated once into the cache
+    (`cache_dir`, else $STVIT_CACHE, else ~/.cache/stvit; atomically) and keyed by
+    (n_train, n_test, seed, generator version)."""
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = folder / f"synth-v{GENERATOR_VERSION}-train{n_train}-test{n_test}-seed{seed}.mat"
+    if path.is_file():
+        return path
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create the cache folder ({err.strerror}); set STVIT_CACHE", folder) from None
+    write_synthetic(path, n_train, n_test, seed, fmt="mat", dtype=np.float32)
+    return path
