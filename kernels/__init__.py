@@ -1,9 +1,21 @@
 """Fused ops for stvit: one name per op, the same in `kernels/<op>.py`, `kernels/reference.py`,
 `tests/test_<op>.py` and `bench/test_<op>.py`.
 
-This package is a leaf: it knows nothing about the model. Dispatch: CUDA tensors run the Triton kernels;
-CPU tensors run the plain-torch reference; with `TRITON_INTERPRET=1` the Triton kernels run on CPU.
+This package is a leaf: it knows nothing about the model. Each public op decides per call (`_dispatch.py`):
+CUDA tensors run the Triton kernels (registered as `torch.ops.stvit.<op>` with `torch.library.triton_op`, with
+autograd, so `torch.compile(fullgraph=True)` sees into them); CPU tensors run the plain-torch reference; with
+`TRITON_INTERPRET=1` the Triton kernels run on CPU through Triton's interpreter (except while
+`torch.compile` traces, which takes the reference). Without Triton, every op is the reference.
 """
-from .reference import mae_gather, mae_scatter, norm_pix_mse, patch_embed, patchify, random_masking, unpatchify
+from ._dispatch import HAS_TRITON
+from .reference import patchify, random_masking, unpatchify
+
+if HAS_TRITON:
+    from .mae_gather import mae_gather
+    from .mae_scatter import mae_scatter
+    from .norm_pix_mse import norm_pix_mse
+    from .patch_embed import patch_embed
+else:  # pragma: no cover
+    from .reference import mae_gather, mae_scatter, norm_pix_mse, patch_embed
 
 __all__ = ["patch_embed", "mae_gather", "mae_scatter", "norm_pix_mse", "patchify", "unpatchify", "random_masking"]

@@ -1,8 +1,122 @@
+import os
+
 import pytest
 import torch
+
+# Triton chooses compiled or interpreted kernels once, when it is first imported. Without a GPU, ask for the
+# interpreter before anything imports it, so that the op tests run the Triton kernels on CPU (DESIGN.md 4).
+# The model and training tests keep calling the plain-torch reference (kernels="eager"), at full speed.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     """Each test draws fresh but reproducible inputs."""
     torch.manual_seed(0)
+
+
+# --- fused-op tests ------------------------------------------------------------------------------------------
+
+# Per dtype: (atol, rtol). atol is relative to the scale of the tensor compared (max |ref|, at least 1): it
+# absorbs fp32 summation-order noise. rtol is one unit of the dtype's precision: the fused ops accumulate in
+# fp32 and round once, so they may land on the other neighbour of a value the reference rounds exactly.
+TOL = {torch.float32: (2e-5, 2e-5), torch.float16: (2e-5, 2.0 ** -10), torch.bfloat16: (2e-5, 2.0 ** -7)}
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def kernel_device(request):
+    """Where the fused op runs its Triton kernels: 'cpu' through Triton's interpreter, 'cuda' natively."""
+    from kernels import _dispatch
+
+    if request.param == "cuda":
+        if not (torch.cuda.is_available() and _dispatch.HAS_TRITON):
+            pytest.skip("needs a CUDA GPU and triton")
+        if _dispatch.INTERPRETED:
+            pytest.skip("TRITON_INTERPRET is on: the CUDA run would be interpreted")
+    elif not (_dispatch.INTERPRETED and _dispatch.interpreting()):
+        pytest.skip("Triton interpreter off (TRITON_INTERPRET=1 must be set before triton is imported)")
+    return torch.device(request.param)
+
+
+def assert_three_way(out, out_pt, ref, name="output"):
+    """|out - ref| <= 2 |out_pt - ref| + atol (+ rtol |ref|), atol and rtol scaled by max |ref|.
+
+    out: the fused op at some dtype; out_pt: the reference at the same dtype; ref: the reference in fp32 from
+    the same (rounded) inputs. Prints the first mismatches on failure.
+    """
+    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    assert out.dtype == out_pt.dtype, f"{name}: dtype {out.dtype} != reference's {out_pt.dtype}"
+    atol, rtol = TOL[out.dtype]
+    out, out_pt, ref = (t.detach().float().cpu() for t in (out, out_pt, ref))
+    scale = max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
+    bound = 2 * (out_pt - ref).abs() + atol * scale + rtol * ref.abs()
+    err = (out - ref).abs()
+    bad = ~(err <= bound)  # NaN counts as a mismatch
+    if bad.any():
+        idx = bad.nonzero()[:8].tolist()
+        rows = [f"  at {tuple(i)}: fused {out[tuple(i)].item():.6g}, reference at dtype {out_pt[tuple(i)].item():.6g},"
+                f" fp32 {ref[tuple(i)].item():.6g}" for i in idx]
+        raise AssertionError(f"{name}: {int(bad.sum())} of {bad.numel()} mismatches (max error {err.max().item():.3g},"
+                             f" scale {scale:.3g}); first:\n" + "\n".join(rows))
+
+
+def _prepare(args, dtype, device, grad_idx, float_idx):
+    out = []
+    for i, a in enumerate(args):
+        if torch.is_tensor(a):
+            a = a.to(device)
+            if i in float_idx:
+                a = a.to(dtype)
+            a = a.detach().requires_grad_(i in grad_idx)
+        out.append(a)
+    return out
+
+
+def check_fused(fused, reference, args, grad_idx=(), dtype=torch.float32, device="cpu", upstream="randn",
+                float_idx=None):
+    """Run `fused` on `device` and `reference` on CPU at `dtype`, and `reference` in fp32 from the same rounded
+    inputs; compare the output and the gradient of every input in `grad_idx` by `assert_three_way`.
+
+    args: fp32 tensors (cast to dtype where their index is in float_idx: default, every floating tensor), ints,
+    tuples. upstream: 'randn' (a random gradient) or 'expanded' (a stride-0 gradient, as `out.sum()` gives).
+    """
+    from kernels import _dispatch
+
+    if float_idx is None:
+        float_idx = {i for i, a in enumerate(args) if torch.is_tensor(a) and a.is_floating_point()}
+    rounded = [a.to(dtype).float() if i in float_idx else a for i, a in enumerate(args)]
+    runs = {}
+    for key, fn, dt, dev in (("fused", fused, dtype, device), ("pt", reference, dtype, "cpu"),
+                             ("ref", reference, torch.float32, "cpu")):
+        ins = _prepare(rounded, dt, dev, grad_idx, float_idx)
+        if key == "fused":
+            main = next(a for a in ins if torch.is_tensor(a))
+            assert _dispatch.use_triton(main), "the fused op did not dispatch to Triton"
+        out = fn(*ins)
+        if key == "fused":
+            g = torch.randn(out.shape).to(dtype).float()
+        if upstream == "expanded":
+            gu = torch.full((), 0.75, dtype=out.dtype, device=out.device).expand(out.shape)
+            assert gu.stride() == (0,) * gu.dim()
+        else:
+            gu = g.to(out.dtype).to(out.device)
+        grads = torch.autograd.grad(out, [ins[i] for i in grad_idx], gu, allow_unused=True) if grad_idx else ()
+        runs[key] = (out, grads)
+    (out, grads), (out_pt, grads_pt), (ref, grads_ref) = runs["fused"], runs["pt"], runs["ref"]
+    assert_three_way(out, out_pt, ref, "output")
+    for i, a, b, c in zip(grad_idx, grads, grads_pt, grads_ref):
+        assert a is not None, f"no gradient for input {i}"
+        assert_three_way(a, b, c, f"gradient of input {i}")
+    return out
+
+
+@pytest.fixture
+def fused_check():
+    """`check_fused` (see above) for the op tests."""
+    return check_fused
+
+
+@pytest.fixture
+def three_way():
+    return assert_three_way
