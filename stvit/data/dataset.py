@@ -13,7 +13,7 @@ from ..errors import UserError
 
 SPLITS = ("train", "test")
 VOLUME_SHAPE = (53, 63, 46)  # SPM 3 mm grid: left-right, posterior-anterior, inferior-superior
-CHUNK_VOLUMES = 64  # volumes per pass in the in-place checks (bounded temporaries)
+CHUNK_VOLUMES = 16  # volumes per pass of the in-place checks (temporaries of ~10 MB at most)
 
 
 class DataError(UserError):
@@ -132,9 +132,10 @@ def check_finite(X: np.ndarray, name: str, path, nan_to_zero: bool) -> int:
     bad_total, bad_volumes, first = 0, 0, None
     for s in range(0, len(X), CHUNK_VOLUMES):
         chunk = X[s:s + CHUNK_VOLUMES]
-        bad = ~np.isfinite(chunk)
-        if not bad.any():
+        bad = np.isfinite(chunk)
+        if bad.all():
             continue
+        np.logical_not(bad, out=bad)
         per = bad.reshape(len(chunk), -1).sum(1)
         bad_total += int(per.sum())
         bad_volumes += int((per > 0).sum())

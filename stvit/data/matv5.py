@@ -356,16 +356,21 @@ def _write_numeric(f: BinaryIO, name: str, arr: np.ndarray, block_bytes: int, as
     head = _matrix_header(name, dims, mclass, logical) + struct.pack("<II", mdtype, nbytes)
     f.write(struct.pack("<II", MI_MATRIX, len(head) + _pad8(nbytes)) + head)
     rev = arr.T  # column-major order of arr = C order of arr.T
-    if rev.ndim >= 2 and rev[0].nbytes > block_bytes:  # a slab at a time, in row blocks
-        row = math.prod(rev.shape[2:]) * dt.itemsize
-        jb = max(1, block_bytes // max(1, row))
-        for k in range(rev.shape[0]):
-            for j0 in range(0, rev.shape[1], jb):
-                f.write(np.ascontiguousarray(rev[k, j0:j0 + jb], dtype=dt).tobytes())
+    if rev.ndim >= 2 and nbytes > block_bytes:  # the mirror of fill_fortran_seekable: 16 slabs at a time
+        base = f.tell()
+        s0, s1, inner = rev.shape[0], rev.shape[1], rev.shape[2:]
+        row = math.prod(inner) * dt.itemsize
+        kb = min(s0, 16)
+        jb = max(1, min(s1, block_bytes // max(1, kb * row)))
+        for k0 in range(0, s0, kb):
+            for j0 in range(0, s1, jb):
+                block = np.ascontiguousarray(rev[k0:k0 + kb, j0:j0 + jb], dtype=dt)
+                for dk, piece in enumerate(block):
+                    f.seek(base + ((k0 + dk) * s1 + j0) * row)
+                    f.write(piece.data)
+        f.seek(base + nbytes)
     else:
-        kb = max(1, block_bytes // max(1, rev[0].nbytes if rev.ndim else 1))
-        for k0 in range(0, len(rev), kb):
-            f.write(np.ascontiguousarray(rev[k0:k0 + kb], dtype=dt).tobytes())
+        f.write(np.ascontiguousarray(rev, dtype=dt).tobytes())
     f.write(b"\x00" * ((-nbytes) % 8))
 
 
