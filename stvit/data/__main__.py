@@ -85,7 +85,7 @@ def summary(data: HCPData) -> list[str]:
         if ids is not None:
             _, per = np.unique(ids, return_counts=True)
             each = f"{per[0]} volumes each" if per.min() == per.max() else f"{per.min()}-{per.max()} volumes each"
-            subjects = f"{len(per)} subjects ({each})"
+            subjects = f"{len(per)} subject{'s' * (len(per) != 1)} ({each})"
         lines.append(f"{split + ':':<6} {len(y)} volumes; labels {labels}; {subjects}")
     if data.ids_train is not None and data.ids_test is not None:
         both = np.intersect1d(data.ids_train, data.ids_test)

@@ -1,0 +1,137 @@
+"""The synthetic HCP-like set: real layout, brain-shaped support, z-scored volumes, subject structure,
+determinism, a calibrated difficulty, the built-in cache and the `synth` command."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+
+from stvit.data import builtin_dataset_path, load_dataset, make_synthetic, write_synthetic
+from stvit.data.__main__ import main
+from stvit.data.synth import FACE, SHAPE, brain_support, mm_to_voxel
+from stvit.errors import run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_MASK = REPO.parent / "shared" / "data" / "inbrain_mask.mat"
+
+
+@pytest.fixture(scope="module")
+def small():
+    return make_synthetic(48, 32, seed=0)
+
+
+def real_mask():
+    if not REAL_MASK.exists():
+        pytest.skip("the real SPM brain mask (../shared/data/inbrain_mask.mat) is not here")
+    m = np.zeros(53 * 63 * 46, bool)
+    m[scipy.io.loadmat(REAL_MASK)["vmsk"].ravel() - 1] = True
+    return m.reshape((53, 63, 46), order="F")
+
+
+def test_layout_and_subjects(small):
+    assert small.X_train.shape == (48, 53, 63, 46) and small.X_test.shape == (32, 53, 63, 46)
+    assert small.X_train.dtype == np.float32 and small.y_train.dtype == np.int64
+    for X, y, ids in (small.split("train"), small.split("test")):
+        subjects, counts = np.unique(ids, return_counts=True)
+        assert (counts == 16).all() and all(len(s) == 6 and s.isdigit() for s in subjects)
+        for s in subjects:
+            assert np.bincount(y[ids == s]).tolist() == [8, 8]  # 8 volumes per class per subject
+    assert not set(small.ids_train) & set(small.ids_test)  # subject-disjoint splits
+
+
+def test_background_is_exactly_zero_and_volumes_are_zscored_inside(small):
+    brain = brain_support()
+    assert 50_000 < brain.sum() < 70_000
+    for X in (small.X_train, small.X_test):
+        assert (X[:, ~brain] == 0).all()
+        inside = X[:, brain].astype(np.float64)
+        assert (inside != 0).all()
+        np.testing.assert_allclose(inside.mean(1), 0, atol=1e-5)
+        np.testing.assert_allclose(inside.std(1), 1, atol=1e-4)
+
+
+def test_support_is_brain_shaped_and_patterns_sit_in_the_brain():
+    real = real_mask()
+    ours = brain_support()
+    dice = 2 * (ours & real).sum() / (ours.sum() + real.sum())
+    assert dice > 0.8, dice
+    for xyz, _, _ in FACE + SHAPE:
+        for sx in (1, -1):
+            i, j, k = np.round(mm_to_voxel((sx * xyz[0], xyz[1], xyz[2]))).astype(int)
+            assert real[i, j, k] and ours[i, j, k], xyz
+
+
+def test_deterministic_by_seed(small):
+    again = make_synthetic(48, 32, seed=0)
+    assert np.array_equal(small.X_train, again.X_train) and np.array_equal(small.X_test, again.X_test)
+    assert np.array_equal(small.ids_train, again.ids_train)
+    other = make_synthetic(48, 32, seed=1)
+    assert not np.array_equal(small.X_train, other.X_train)
+    assert not set(other.ids_train) <= set(small.ids_train)
+
+
+def test_signal_is_spatially_smooth_and_where_it_should_be(small):
+    diff = small.X_train[small.y_train == 0].mean(0) - small.X_train[small.y_train == 1].mean(0)
+    brain = brain_support()
+    a, b = diff[:-1][brain[:-1] & brain[1:]], diff[1:][brain[:-1] & brain[1:]]
+    assert np.corrcoef(a, b)[0, 1] > 0.5  # neighbours agree: blobs, not single voxels
+    ffa = tuple(np.round(mm_to_voxel((40, -54, -20))).astype(int))
+    dorsal = tuple(np.round(mm_to_voxel((26, -86, 22))).astype(int))
+    assert diff[ffa] > 0.3 and diff[dorsal] < -0.3  # class 0 "face" up in the fusiform, class 1 "shape" dorsal
+
+
+def test_a_linear_classifier_is_above_chance_but_far_from_perfect():
+    """Calibration: logistic regression on the raw voxels, 800 train / 200 test volumes (new subjects). The
+    background columns are all zero and cannot change an L2 fit, so it runs on the in-brain voxels only."""
+    from sklearn.linear_model import LogisticRegression
+
+    data = make_synthetic(800, 200, seed=0)
+    brain = brain_support()
+    clf = LogisticRegression(max_iter=1000).fit(data.X_train[:, brain], data.y_train)
+    accuracy = clf.score(data.X_test[:, brain], data.y_test)
+    print(f"linear classifier test accuracy: {accuracy:.3f}")
+    assert 0.75 <= accuracy <= 0.90
+
+
+@pytest.mark.parametrize("fmt,suffix", [("mat", ".mat"), ("mat73", ".mat"), ("npz", ".npz")])
+def test_written_in_the_real_layout(tmp_path, small, fmt, suffix):
+    path = tmp_path / f"s{suffix}"
+    write_synthetic(path, 48, 32, seed=0, fmt=fmt)
+    if fmt == "mat":  # what the course file looks like to scipy
+        raw = scipy.io.loadmat(path)
+        assert raw["X_train"].dtype == np.float64 and raw["X_train"].shape == (48, 53, 63, 46)
+        assert raw["y_train"].shape == (48, 1) and raw["ids_train"].shape == (48,)
+    data = load_dataset(path)
+    for split in ("train", "test"):
+        for got, want in zip(data.split(split), small.split(split)):
+            assert np.array_equal(got, want)
+
+
+def test_builtin_dataset_is_cached_atomically(tmp_path, monkeypatch):
+    path = builtin_dataset_path(32, 16, seed=3, cache_dir=tmp_path)
+    assert path.parent == tmp_path and path.is_file() and "32" in path.name and "seed3" in path.name
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
+    stamp = path.stat().st_mtime_ns
+    assert builtin_dataset_path(32, 16, seed=3, cache_dir=tmp_path) == path and path.stat().st_mtime_ns == stamp
+    data = load_dataset(path)
+    assert np.array_equal(data.X_train, make_synthetic(32, 16, seed=3).X_train)
+    monkeypatch.setenv("STVIT_CACHE", str(tmp_path / "env"))
+    assert builtin_dataset_path(32, 16, seed=3).parent == tmp_path / "env"
+
+
+def test_synth_command(tmp_path, capsys):
+    path = tmp_path / "s.npz"
+    out = subprocess.run([sys.executable, "-m", "stvit.data", "synth", "--out", str(path), "--n-train", "16",
+                          "--n-test", "16", "--seed", "2", "--dtype", "float32"], capture_output=True, text=True,
+                         cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"wrote {path}: 16 train + 16 test volumes, npz, float32")
+    assert run_cli(main, ["synth", "--out", str(path), "--n-train", "16", "--n-test", "16", "--force"]) == 0
+    capsys.readouterr()
+    assert run_cli(main, ["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "train: 16 volumes; labels 0: 8, 1: 8; 1 subject (16 volumes each)" in out
+    assert out.rstrip().endswith("valid")
