@@ -20,6 +20,7 @@ import warnings
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 try:
     import triton
@@ -94,8 +95,23 @@ def wrap_triton(kernel: Any) -> Any:
     """`torch.library.wrap_triton`, except for interpreted kernels: those are launched directly (they cannot
     be traced, and `torch.library.wrap_triton` of torch < 2.12 rejects them)."""
     if INTERPRETED:
-        return kernel
+        return _Interpreted(kernel)
     return torch.library.wrap_triton(kernel)
+
+
+class _Interpreted:
+    """kernel[grid](*args) through Triton's interpreter; skipped for fake tensors (shape propagation only:
+    the op's function doubles as its fake implementation, and fake tensors have no data to interpret)."""
+
+    def __init__(self, kernel: Any):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            if not any(is_fake(a) for a in args if isinstance(a, torch.Tensor)):
+                self.kernel[grid](*args, **kwargs)
+
+        return launch
 
 
 def next_pow2(n: int) -> int:

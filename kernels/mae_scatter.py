@@ -18,7 +18,7 @@ from . import reference
 from ._dispatch import LIB, contiguous, next_pow2, use_triton, wrap_triton
 
 BLOCK_P = 16
-MAX_SPLITS = 16  # backward: programs along the slice axis
+MAX_SPLITS = 32  # backward: programs along the slice axis
 
 
 @triton.jit

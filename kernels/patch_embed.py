@@ -22,7 +22,7 @@ from ._dispatch import LIB, autocast_dtype, contiguous, next_pow2, use_triton, w
 
 BLOCK_P_FWD = 32
 BLOCK_P_BWD = 16
-MAX_SPLITS = 16  # backward: programs along the slice axis (each sums its slices; torch.sum adds the partials)
+MAX_SPLITS = 32  # backward: programs along the slice axis (each sums its slices; torch.sum adds the partials)
 
 
 def _kp(k: int) -> int:  # the patch length padded for tl.dot (power of two, at least 16)

@@ -120,3 +120,20 @@ def fused_check():
 @pytest.fixture
 def three_way():
     return assert_three_way
+
+
+@pytest.fixture
+def opcheck(kernel_device):
+    """torch.library.opcheck of a stvit op: schema (no hidden mutation or aliasing), autograd registration,
+    fake-tensor propagation; on CUDA also the AOTAutograd trace that torch.compile uses."""
+    utils = ["test_schema", "test_autograd_registration", "test_faketensor"]
+    if kernel_device.type == "cuda":
+        utils.append("test_aot_dispatch_static")
+
+    def check(op, args, differentiable=True):
+        args = tuple(a.to(kernel_device) if torch.is_tensor(a) else a for a in args)
+        tests = [u for u in utils if differentiable or u != "test_autograd_registration"]
+        result = torch.library.opcheck(op, args, test_utils=tests)
+        assert all(v == "SUCCESS" for v in result.values()), result
+
+    return check

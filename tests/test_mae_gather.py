@@ -75,6 +75,12 @@ def test_fused_keeps_dtype_under_autocast(kernel_device):
         assert torch.equal(out.cpu(), want)
 
 
+def test_opcheck(opcheck):
+    t, ids_keep = _inputs(2, 11, 0.5, 16)
+    opcheck(torch.ops.stvit.mae_gather, (t.requires_grad_(), ids_keep))
+    opcheck(torch.ops.stvit.mae_gather_backward, (torch.randn(2, 5, 16), ids_keep, 11), differentiable=False)
+
+
 def test_compiles_fullgraph_on_cpu_forward_and_backward():
     t, ids_keep = _inputs(2, 11, 0.5, 16)
     t.requires_grad_()

@@ -29,7 +29,7 @@ SHAPES = [  # S, P, ratio, D
     (2, 207, 0.65, 192),  # and the encoder width
     (1, 6, 0.5, 24),  # one slice
     (3, 23, 0.3, 40),  # odd slices, D not a multiple of the block
-    (17, 9, 0.65, 7),  # more slices than backward programs along the slice axis (16): uneven split
+    (35, 9, 0.65, 7),  # more slices than backward programs along the slice axis (32): uneven split
 ]
 
 
@@ -75,6 +75,15 @@ def test_fused_keeps_visible_dtype_under_autocast(kernel_device, three_way):
             out_pt = reference.mae_scatter(v, ids_restore, m, pos)
         assert out.dtype == out_pt.dtype == v.dtype
         three_way(out, out_pt, reference.mae_scatter(v.float(), ids_restore, m, pos))
+
+
+def test_opcheck(opcheck):
+    visible, ids_restore, m, pos = _inputs(2, 11, 0.5, 16)
+    m = m.view(-1)
+    opcheck(torch.ops.stvit.mae_scatter, (visible.requires_grad_(), ids_restore, m.requires_grad_(),
+                                          pos.requires_grad_()))
+    opcheck(torch.ops.stvit.mae_scatter, (visible, ids_restore, m, None))
+    opcheck(torch.ops.stvit.mae_scatter_backward, (torch.randn(2, 11, 16), ids_restore, 5), differentiable=False)
 
 
 def test_compiles_fullgraph_on_cpu_forward_and_backward():

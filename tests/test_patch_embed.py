@@ -41,6 +41,7 @@ SHAPES = [  # S, H, W, patch, D
     (5, 12, 9, (3, 3), 7),  # another patch shape; D below the smallest block
     (3, 15, 7, (7, 2), 24),  # H, W not multiples of the patch: the last row and column are dropped
     (2, 10, 12, (5, 4), 40),  # K = 20, padded to 32
+    (35, 7, 4, (7, 2), 8),  # more slices than backward programs along the slice axis (32): uneven split
 ]
 
 
@@ -103,6 +104,15 @@ def test_fused_follows_linear_autocast_policy(kernel_device, three_way):
     assert [g.dtype for g in grads] == [g.dtype for g in grads_pt] == [torch.float32] * 4
     # fp32 from what each path reads: the autocast-cast weight and bias, x and pos as given
     three_way(out, out_pt, reference.patch_embed(x, w.bfloat16().float(), b.bfloat16().float(), pos))
+
+
+def test_opcheck(opcheck):
+    x, w, b, pos = _inputs(2, 14, 6, (7, 2), 24)
+    opcheck(torch.ops.stvit.patch_embed, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(),
+                                          pos.requires_grad_(), 7, 2))
+    opcheck(torch.ops.stvit.patch_embed, (x, w, b, None, 7, 2))
+    opcheck(torch.ops.stvit.patch_embed_backward, (torch.randn(2, 6, 24), x.detach(), w.detach(), 7, 2, True),
+            differentiable=False)
 
 
 def test_compiles_fullgraph_on_cpu_forward_and_backward():
