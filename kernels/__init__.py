@@ -2,10 +2,16 @@
 `tests/test_<op>.py` and `bench/test_<op>.py`.
 
 This package is a leaf: it knows nothing about the model. Each public op decides per call (`_dispatch.py`):
-CUDA tensors run the Triton kernels (registered as `torch.ops.stvit.<op>` with `torch.library.triton_op`, with
-autograd, so `torch.compile(fullgraph=True)` sees into them); CPU tensors run the plain-torch reference; with
-`TRITON_INTERPRET=1` the Triton kernels run on CPU through Triton's interpreter (except while
-`torch.compile` traces, which takes the reference). Without Triton, every op is the reference.
+CUDA tensors run the Triton kernels, registered as `torch.ops.stvit.<op>` (and `<op>_backward`) with
+`torch.library.triton_op` and autograd, so `torch.compile(fullgraph=True)` sees into them; CPU tensors run the
+plain-torch reference; with `TRITON_INTERPRET=1` (set before triton is imported) the Triton kernels run on CPU
+through Triton's interpreter, except while `torch.compile` traces, which takes the reference. Without Triton,
+every op is the reference.
+
+Dtypes: statistics and accumulation in fp32. Under autocast, `patch_embed` follows `F.linear` (weight and bias
+cast to the autocast dtype, output in it); `mae_gather`, `mae_scatter` and `norm_pix_mse` keep their input
+dtype (tokens / visible / pred), as the reference does. Gradients: every float input, except `norm_pix_mse`'s
+x (the data) and mask (a selection), which get none; index tensors get none.
 """
 from ._dispatch import HAS_TRITON
 from .reference import patchify, random_masking, unpatchify

@@ -1,10 +1,12 @@
 """patch_embed: patch extraction + linear embedding + bias (+ position embedding), fused.
 
-Forward reads each raw slice once, forms the ph x pw patches in registers and does the K = ph*pw contraction
-as K explicit FMAs (K = 14 for 7x2 patches: far too small for tensor cores; the op is memory-bound), adds the
-bias and the position embedding and writes (S, P, D) once. Backward re-extracts the patches from x instead of
-saving them and produces dW, dbias, dpos (sums over slices) and, when x requires grad, dx; the sums over
-slices are per-program fp32 partials reduced by torch.sum, so the result does not depend on scheduling.
+Forward reads each raw slice once, forms the ph x pw patches in registers (a (BLOCK_P, KP) tile, K = ph*pw
+padded to a power of two), contracts them with the weight as an fp32 `tl.dot` with input_precision="ieee"
+(plain FMAs: K = 14 is far too small for tensor cores and the op is memory-bound; fp32 also keeps the
+interpreter exact, where a bf16 dot is not), adds the bias and the position embedding and writes (S, P, D)
+once. Backward re-extracts the patches from x instead of saving them and produces dW, dbias, dpos (sums over
+slices) and, when x requires grad, dx; the sums over slices are per-program fp32 partials added by torch.sum,
+so the result does not depend on scheduling (no atomics).
 
 Dtypes: statistics and accumulation in fp32. The output has the weight's dtype; under autocast the weight
 and bias are cast to the autocast dtype first, so the op follows `F.linear`'s autocast policy (x is read in

@@ -137,3 +137,20 @@ def opcheck(kernel_device):
         assert all(v == "SUCCESS" for v in result.values()), result
 
     return check
+
+
+@pytest.fixture
+def inductor_code():
+    """inductor_code(fn) -> (fn's result, the code Inductor generated while fn ran), with the FX-graph and
+    AOTAutograd caches off so that the code is generated, not loaded."""
+    from torch._functorch import config as functorch_config
+    from torch._inductor import config as inductor_config
+    from torch._inductor.utils import run_and_get_code
+
+    def run(fn):
+        torch._dynamo.reset()
+        with inductor_config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False):
+            result, code = run_and_get_code(fn)
+        return result, "\n".join(code)
+
+    return run

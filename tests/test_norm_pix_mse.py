@@ -153,9 +153,7 @@ def test_compiles_fullgraph_on_cpu_forward_and_backward():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_compiled_graph_runs_the_triton_kernels():
-    from torch._inductor.utils import run_and_get_code
-
+def test_cuda_compiled_graph_runs_the_triton_kernels(inductor_code):
     pred, x, mask = (a.cuda() for a in _inputs(424, 63, 46, (7, 2)))
     pred.requires_grad_()
     f = torch.compile(kernels.norm_pix_mse, fullgraph=True)
@@ -164,8 +162,7 @@ def test_cuda_compiled_graph_runs_the_triton_kernels():
         loss = f(pred, x, mask)
         return loss, torch.autograd.grad(loss, pred)[0]
 
-    (loss, g), code = run_and_get_code(step)
-    code = "\n".join(code)
+    (loss, g), code = inductor_code(step)
     assert "_norm_pix_mse_fwd" in code and "_norm_pix_mse_bwd" in code
     want = reference.norm_pix_mse(pred, x, mask)
     torch.testing.assert_close(loss, want)

@@ -128,9 +128,7 @@ def test_compiles_fullgraph_on_cpu_forward_and_backward():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_compiled_graph_runs_the_triton_kernels():
-    from torch._inductor.utils import run_and_get_code
-
+def test_cuda_compiled_graph_runs_the_triton_kernels(inductor_code):
     x, w, b, pos = (t.cuda().requires_grad_() for t in _inputs(4, 63, 46, (7, 2), 192))
     f = torch.compile(lambda *a: kernels.patch_embed(*a).square().sum(), fullgraph=True)
 
@@ -138,8 +136,7 @@ def test_cuda_compiled_graph_runs_the_triton_kernels():
         loss = f(x, w, b, pos)
         return loss, torch.autograd.grad(loss, (x, w, b, pos))
 
-    (loss, grads), code = run_and_get_code(step)
-    code = "\n".join(code)
+    (loss, grads), code = inductor_code(step)
     assert "_patch_embed_fwd" in code and "_patch_embed_bwd" in code
     want = reference.patch_embed(x, w, b, pos).square().sum()
     torch.testing.assert_close(loss, want, rtol=1e-4, atol=1e-3)
