@@ -265,7 +265,8 @@ class NpzSource:
                 return np.lib.format.read_array(fp, allow_pickle=False)
         except ValueError as err:
             if "pickle" in str(err).lower() or "object" in str(err).lower():
-                raise DataError(f"{name} holds Python objects; save it as a string or number array", self.path) from None
+                problem = f"{name} holds Python objects; save it as a string or number array"
+                raise DataError(problem, self.path) from None
             raise DataError(f"cannot read {name}: {err}", self.path) from None
         except (zipfile.BadZipFile, OSError, EOFError) as err:
             raise DataError(f"cannot read {name}: damaged or truncated .npz file ({err})", self.path) from None

@@ -68,6 +68,7 @@ def brain_support() -> np.ndarray:
     inside = np.sqrt(u * u + v * v + w * w) < 1.0 + bumps * (0.06 / bumps.std())
     inside &= ~((w < -0.35) & (v > 0.3))  # orbits, nasal cavity
     inside &= ~((w < -0.55) & (np.abs(u) < 0.25) & (v > -0.2))  # brain stem notch
+    inside.flags.writeable = False  # cached: shared by every caller
     return inside
 
 
