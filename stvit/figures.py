@@ -1,0 +1,59 @@
+"""The run's figures: MAE loss, fine-tune loss and accuracy (train and validation), confusion matrix."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
+    """From log.jsonl records: mae_loss.png, finetune_loss.png, finetune_accuracy.png (those with data)."""
+    written = []
+    mae = [r for r in records if r["stage"] == "pretrain"]
+    if mae:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot([r["epoch"] for r in mae], [r["loss"] for r in mae], marker="o")
+        ax.set(xlabel="epoch", ylabel="normalized-pixel MSE (removed patches)", title="MAE pre-training")
+        _save(fig, out_dir / "mae_loss.png")
+        written.append(out_dir / "mae_loss.png")
+    ft = [r for r in records if r["stage"] == "finetune"]
+    if ft:
+        ep = [r["epoch"] for r in ft]
+        for key, label, fname in (("loss", "cross-entropy", "finetune_loss.png"),
+                                  ("acc", "accuracy", "finetune_accuracy.png")):
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            ax.plot(ep, [r[f"train_{key}"] for r in ft], marker="o", label="train")
+            ax.plot(ep, [r[f"val_{key}"] for r in ft], marker="o", label="validation")
+            if any(f"test_{key}" in r for r in ft):  # only with --select-on-test
+                ax.plot(ep, [r.get(f"test_{key}") for r in ft], marker="x", label="test (leaks)")
+            ax.set(xlabel="epoch", ylabel=label, title=f"fine-tuning {label}")
+            ax.legend()
+            _save(fig, out_dir / fname)
+            written.append(out_dir / fname)
+    return written
+
+
+def plot_confusion(cm: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(4, 3.5))
+    ax.imshow(cm, cmap="Blues")
+    n = len(class_names)
+    ax.set_xticks(range(n), class_names)
+    ax.set_yticks(range(n), class_names)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    peak = max(max(row) for row in cm) or 1
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i][j]), ha="center", va="center", color="white" if cm[i][j] > peak / 2 else "black")
+    _save(fig, path)
+    return path
