@@ -2,6 +2,10 @@
 
 The loop keeps running sums on the device and reads them (`.item()`, a sync point) only at log points:
 every `log_every` steps on CUDA, every step on CPU where a read costs nothing.
+
+Under torchrun (`stvit.distributed`) each rank runs the same loop on its shard of every global batch: the step's
+loss is averaged over the ranks (so every rank logs, checks and skips on the global batch's loss), and `predict`
+gathers the shards' predictions into the whole split on every rank.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import distributed as DIST
 from .config import OptimConfig
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")
@@ -73,7 +78,10 @@ def train_one_epoch(step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None
                     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, batches: Iterable,
                     steps: int, cfg: OptimConfig, epoch: int, *, log_every: int = 10, max_nonfinite: int = 3,
                     desc: str = "", quiet: bool = False) -> EpochStats:
-    """Run `steps` optimizer steps over `batches` of (x, y, idx). `step(x, y)` returns (loss, logits or None)."""
+    """Run `steps` optimizer steps over `batches` of (x, y, idx). `step(x, y)` returns (loss, logits or None).
+
+    Distributed: `batches` yields this rank's shard of each global batch and `step` is data-parallel; the
+    returned loss, accuracy and samples are those of the global batches, the same on every rank."""
     model.train()
     device = next(model.parameters()).device
     check_every = 1 if device.type == "cpu" else max(1, log_every)
@@ -97,7 +105,7 @@ def train_one_epoch(step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None
         if cfg.grad_clip:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        loss = loss.detach()
+        loss = DIST.mean(loss.detach())  # the global batch's loss (equal shards); itself in one process
         finite = torch.isfinite(loss)
         bad_run = torch.where(finite, 0, bad_run + 1)
         if device.type == "cpu" and not bool(finite):
@@ -122,6 +130,8 @@ def train_one_epoch(step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None
     seconds = time.perf_counter() - t0
     done = max(min(steps, i + 1 if steps else 0), 1)
     mean_loss = loss_sum.item() / done
+    if DIST.is_distributed():
+        correct, n = DIST.total(correct), n * DIST.world_size()  # training shards are all equal
     if not math.isfinite(mean_loss):
         raise NonFiniteLoss(f"epoch {epoch + 1} ended with a non-finite mean loss")
     acc = correct.item() / max(n, 1) if n and logits is not None else None
@@ -132,17 +142,24 @@ def train_one_epoch(step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None
 def predict(logits_fn: Callable[[Tensor], Tensor], model: nn.Module, batches: Iterable,
             batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Class probabilities of a whole split, batch by batch; the last partial batch is padded to `batch_size`
-    so a compiled `logits_fn` sees one shape. Returns (probs (N, C), labels (N,), indices (N,), mean CE)."""
+    so a compiled `logits_fn` sees one shape. Returns (probs (N, C), labels (N,), indices (N,), mean CE).
+
+    Distributed: `batches` yields this rank's shards (`batch_size` is the per-rank size; a shard of the last
+    batch may be empty) and every rank returns the whole split, each sample once, in index order."""
     model.eval()
     all_logits, all_y, all_idx = [], [], []
     for x, y, idx in batches:
         b = x.shape[0]
-        if b < batch_size:
+        if b == 0:  # an empty shard of the last batch: one zero batch keeps the compiled shape and gives (0, C)
+            x = x.new_zeros(batch_size, *x.shape[1:])
+        elif b < batch_size:
             x = torch.cat([x, x[-1:].expand(batch_size - b, *x.shape[1:])])
         all_logits.append(logits_fn(x)[:b].float())
         all_y.append(y)
         all_idx.append(idx)
-    logits, y = torch.cat(all_logits), torch.cat(all_y)
+    logits, y, idx = torch.cat(all_logits), torch.cat(all_y), torch.cat(all_idx)
+    if DIST.is_distributed():
+        logits, y, idx = DIST.gather_split(logits, y, idx)
     loss = F.cross_entropy(logits, y).item()
     probs = torch.softmax(logits, dim=1)
-    return probs.cpu().numpy(), y.cpu().numpy(), torch.cat(all_idx).cpu().numpy(), loss
+    return probs.cpu().numpy(), y.cpu().numpy(), idx.cpu().numpy(), loss

@@ -6,6 +6,10 @@ Setup lives here (arguments, config, data, run directory, checkpoints); one epoc
 
 Run directory: config.json, split.json, log.jsonl (one line per epoch), checkpoints/{last,best,mae}.pt,
 predictions.npz, metrics.json, figures/*.png.
+
+Under `torchrun --nproc-per-node=N -m stvit.train ...` the same run is data-parallel (`stvit.distributed`): the
+configured batch is the global batch, each rank steps on its shard of it, rank 0 alone writes the run directory,
+and every rank resumes from it.
 """
 from __future__ import annotations
 
@@ -18,15 +22,17 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from . import checkpoint as ckpt
 from . import data as D
+from . import distributed as DIST
 from . import steps
 from .config import PRESETS, Config, preset
+from .data.batches import epoch_generator, shard_bounds
 from .engine import NonFiniteLoss, make_optimizer, predict, train_one_epoch
 from .errors import UserError, run_cli
 from .figures import plot_confusion, plot_curves
@@ -40,6 +46,7 @@ STAGES = ("all", "pretrain", "finetune", "evaluate")
 LEAK_WARNING = ("WARNING: --select-on-test picks the best epoch on the TEST split (the seed's protocol). "
                 "The reported test accuracy is optimistically biased: it leaks test information into model "
                 "selection. Do not report it as a held-out result.")
+MASK_STREAM = 3  # generator stream of the MAE masking noise (the data order and flips use 1 and 2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +118,14 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def check_world(cfg: Config) -> None:
+    """Under torchrun the configured batches are global: each must split evenly over the processes."""
+    w = DIST.world_size()
+    for name, v in (("--batch-size", cfg.train.batch_size), ("train.eval_batch_size", cfg.train.eval_batch_size)):
+        if v % w:
+            raise UserError(f"{name} {v} is not a multiple of the {w} processes (each takes {name} / {w} volumes)")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -118,11 +133,15 @@ def seed_everything(seed: int) -> None:
 
 
 class Run:
-    """One run directory: its config, data, split, models and the stages that fill it."""
+    """One run directory: its config, data, split, models and the stages that fill it.
+
+    Distributed, every rank builds the same Run (the whole split on its own device) and runs the same stages on
+    its shard of each batch; rank 0 alone writes files, and the others wait for its checkpoints (`save`)."""
 
     def __init__(self, cfg: Config, run_dir: Path, data: D.HCPData, split: dict[str, np.ndarray], quiet: bool):
         self.cfg, self.dir, self.quiet = cfg, run_dir, quiet
-        self.device = resolve_device(cfg.train.device)
+        self.rank, self.world, self.main = DIST.rank(), DIST.world_size(), DIST.is_main()
+        self.device = DIST.local_device(resolve_device(cfg.train.device))
         self.precision = Precision.resolve(cfg.train.precision, self.device)
         self.data = data
         self.split = split
@@ -131,7 +150,7 @@ class Run:
         self.val_split = D.DeviceSplit(data.X_train, data.y_train, self.device, dtype, index=split["val"])
         self._test_split = None  # materialized only for the final evaluation (or --select-on-test)
         self.records = read_log(self.dir / "log.jsonl")
-        self.tb = _tensorboard(self.dir)
+        self.tb = _tensorboard(self.dir) if self.main else None
 
     # ---- helpers ---------------------------------------------------------------------------------------------
     @property
@@ -146,6 +165,8 @@ class Run:
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         self.records.append(record)
+        if not self.main:
+            return
         with open(self.dir / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
@@ -156,17 +177,59 @@ class Run:
         print(" ".join(parts), flush=True)
 
     def state(self, stage: str, epoch: int, model, optimizer, scaler, **extra) -> dict[str, Any]:
+        """The resumable state (collective when distributed: every rank's RNG state is gathered, `rng_per_rank`;
+        `rng` is rank 0's, which is all one process needs)."""
+        rng = ckpt.rng_state()
+        if self.world > 1:
+            extra["rng_per_rank"] = DIST.all_gather_object(rng)
         return {"stage": stage, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "scheduler": {"epoch": epoch}, "rng": ckpt.rng_state(),
+                "scaler": scaler.state_dict(), "scheduler": {"epoch": epoch}, "rng": rng,
                 "config": self.cfg.to_dict(), "split": {k: torch.from_numpy(v) for k, v in self.split.items()},
                 **extra}
 
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        """Rank 0 writes checkpoints/<name> (atomically); every rank waits until the file is complete."""
+        if self.main:
+            ckpt.save(self.ckpt_dir / name, state)
+        DIST.barrier()
+
+    def restore_rng(self, resume: dict[str, Any]) -> None:
+        """This rank's RNG state from the checkpoint; call it last, after anything that draws from the streams."""
+        per_rank = resume.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == self.world:
+            ckpt.set_rng_state(per_rank[self.rank])
+            return
+        if self.main:
+            ckpt.set_rng_state(resume["rng"])  # rank 0's streams; other ranks keep their fresh seeds
+            if self.world > 1 or per_rank is not None:
+                print(f"note: the checkpoint was written by {len(per_rank) if per_rank else 1} process(es), this run "
+                      f"has {self.world}: dropout draws differ from an uninterrupted run", file=sys.stderr)
+
+    def mask_noise(self, stage_seed: int, epoch: int) -> Callable[[], torch.Tensor]:
+        """This rank's MAE masking noise for each step of `epoch` (one call per step).
+
+        Each step draws the noise of the whole global batch (B * T slices, P patches) from a generator seeded by
+        (seed, epoch) and keeps this rank's rows: one process and N processes mask every slice alike, and a
+        resumed epoch draws the same masks as an uninterrupted one."""
+        m, B = self.cfg.model, self.cfg.train.batch_size
+        T, P = m.volume[0], m.num_patches
+        a, b = shard_bounds(B, self.rank, self.world)  # this rank's volumes of the global batch
+        g = torch.Generator(self.device).manual_seed(epoch_generator(stage_seed, epoch, MASK_STREAM).initial_seed())
+        return lambda: torch.rand(B * T, P, generator=g, device=self.device)[a * T:b * T]
+
     def batches(self, split: "D.DeviceSplit", epoch: int, stage_seed: int, train: bool):
         t = self.cfg.train
+        shard = {"rank": self.rank, "world_size": self.world}
         if train:
             return split.batches(t.batch_size, epoch=epoch, seed=stage_seed, shuffle=True, drop_last=True,
-                                 flip_fraction=self.cfg.data.flip_fraction, flip_axis=self.cfg.data.flip_axis)
-        return split.batches(t.eval_batch_size, shuffle=False, drop_last=False)
+                                 flip_fraction=self.cfg.data.flip_fraction, flip_axis=self.cfg.data.flip_axis,
+                                 **shard)
+        return split.batches(t.eval_batch_size, shuffle=False, drop_last=False, **shard)
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Volumes per evaluation batch on this rank."""
+        return self.cfg.train.eval_batch_size // self.world
 
     # ---- stages ----------------------------------------------------------------------------------------------
     def pretrain(self, resume: dict | None) -> None:
@@ -181,23 +244,25 @@ class Run:
             scaler.load_state_dict(resume["scaler"])
             start = resume["epoch"]
         fn = steps.build(steps.mae_loss, mae, self.precision, compile=t.compile, name="MAE train step")
+        step = DIST.data_parallel(fn, mae)  # fn itself in one process
         if resume is not None:
-            ckpt.set_rng_state(resume["rng"])  # last: nothing above may draw from the restored streams
+            self.restore_rng(resume)  # last: nothing above may draw from the restored streams
         n_steps = len(self.train_split) // t.batch_size
         if n_steps == 0:
             raise UserError(f"the training split has {len(self.train_split)} volumes, fewer than one batch "
                             f"of {t.batch_size}", self.data.source)
         for epoch in range(start, cfg.mae.epochs):
-            stats = train_one_epoch(lambda x, y: (fn(x), None), mae, opt, scaler,
+            noise = self.mask_noise(t.seed * 1000 + 1, epoch)
+            stats = train_one_epoch(lambda x, y: (step(x, noise()), None), mae, opt, scaler,
                                     self.batches(self.train_split, epoch, t.seed * 1000 + 1, True), n_steps,
                                     cfg.mae, epoch, log_every=t.log_every, max_nonfinite=t.max_nonfinite_steps,
                                     desc=f"MAE {epoch + 1}/{cfg.mae.epochs}", quiet=self.quiet)
             self.log_epoch({"stage": "pretrain", "epoch": epoch + 1, "loss": stats.loss, "lr": stats.lr,
                             "samples_per_s": stats.samples_per_s, "seconds": stats.seconds,
                             **({"compile_seconds": fn.compile_seconds} if epoch == start and t.compile else {})})
-            ckpt.save(self.ckpt_dir / "last.pt", self.state("pretrain", epoch + 1, mae, opt, scaler))
-        ckpt.save(self.ckpt_dir / "mae.pt", {"stage": "pretrain", "epoch": cfg.mae.epochs,
-                                             "model": mae.state_dict(), "config": cfg.to_dict()})
+            self.save("last.pt", self.state("pretrain", epoch + 1, mae, opt, scaler))
+        self.save("mae.pt", {"stage": "pretrain", "epoch": cfg.mae.epochs, "model": mae.state_dict(),
+                             "config": cfg.to_dict()})
 
     def finetune(self, resume: dict | None) -> None:
         cfg, t = self.cfg, self.cfg.train
@@ -208,7 +273,7 @@ class Run:
                 mae = MAE(cfg.model)
                 mae.load_state_dict(ckpt.load(mae_path)["model"])
                 transfer_encoder(mae, clf)
-            else:
+            elif self.main:
                 print("note: no MAE checkpoint in the run directory; fine-tuning from scratch", file=sys.stderr)
         opt = make_optimizer(clf, cfg.finetune, self.device)
         scaler = self.precision.grad_scaler()
@@ -220,44 +285,44 @@ class Run:
             start, best = resume["epoch"], dict(resume["best"])
         train_fn = steps.build(steps.classifier_loss, clf, self.precision, compile=t.compile,
                                name="classifier train step")
+        step = DIST.data_parallel(train_fn, clf)  # train_fn itself in one process
         eval_fn = steps.build(steps.classifier_logits, clf, self.precision, compile=t.compile,
                               name="classifier eval")
         if resume is not None and resume["stage"] == "finetune":
-            ckpt.set_rng_state(resume["rng"])  # last: nothing above may draw from the restored streams
+            self.restore_rng(resume)  # last: nothing above may draw from the restored streams
         n_steps = len(self.train_split) // t.batch_size
         if n_steps == 0:
             raise UserError(f"the training split has {len(self.train_split)} volumes, fewer than one batch "
                             f"of {t.batch_size}", self.data.source)
         select = "test" if t.select_on_test else "val"
-        if t.select_on_test:
+        if t.select_on_test and self.main:
             print(LEAK_WARNING, file=sys.stderr, flush=True)
         for epoch in range(start, cfg.finetune.epochs):
-            stats = train_one_epoch(train_fn, clf, opt, scaler,
+            stats = train_one_epoch(step, clf, opt, scaler,
                                     self.batches(self.train_split, epoch, t.seed * 1000 + 2, True), n_steps,
                                     cfg.finetune, epoch, log_every=t.log_every, max_nonfinite=t.max_nonfinite_steps,
                                     desc=f"fine-tune {epoch + 1}/{cfg.finetune.epochs}", quiet=self.quiet)
             rec = {"stage": "finetune", "epoch": epoch + 1, "train_loss": stats.loss, "train_acc": stats.acc,
                    "lr": stats.lr, "samples_per_s": stats.samples_per_s, "seconds": stats.seconds}
             probs, y, _, rec["val_loss"] = predict(eval_fn, clf, self.batches(self.val_split, 0, 0, False),
-                                                   t.eval_batch_size)
+                                                   self.eval_batch_size)
             rec["val_acc"] = float((probs.argmax(1) == y).mean())
             if t.select_on_test:
                 probs, y, _, rec["test_loss"] = predict(eval_fn, clf, self.batches(self.test_split(), 0, 0, False),
-                                                        t.eval_batch_size)
+                                                        self.eval_batch_size)
                 rec["test_acc"] = float((probs.argmax(1) == y).mean())
             if epoch == start and t.compile:
                 rec["compile_seconds"] = (train_fn.compile_seconds or 0.0) + (eval_fn.compile_seconds or 0.0)
             self.log_epoch(rec)
             if rec[f"{select}_acc"] > best["acc"]:
                 best = {"epoch": epoch + 1, "acc": rec[f"{select}_acc"]}
-                ckpt.save(self.ckpt_dir / "best.pt", {"stage": "finetune", "epoch": epoch + 1,
-                                                      "model": clf.state_dict(), "config": cfg.to_dict(),
-                                                      "selected_on": select, "val_acc": rec["val_acc"]})
-            ckpt.save(self.ckpt_dir / "last.pt", self.state("finetune", epoch + 1, clf, opt, scaler, best=best))
+                self.save("best.pt", {"stage": "finetune", "epoch": epoch + 1, "model": clf.state_dict(),
+                                      "config": cfg.to_dict(), "selected_on": select, "val_acc": rec["val_acc"]})
+            self.save("last.pt", self.state("finetune", epoch + 1, clf, opt, scaler, best=best))
 
     def evaluate(self) -> dict[str, Any]:
         """The one evaluation of the test split, with the best checkpoint; writes predictions and metrics."""
-        cfg, t = self.cfg, self.cfg.train
+        cfg = self.cfg
         best_path = self.ckpt_dir / "best.pt"
         if not best_path.exists():
             raise UserError("no checkpoints/best.pt to evaluate (run the finetune stage first)", self.dir)
@@ -266,10 +331,8 @@ class Run:
         clf.load_state_dict(best["model"])
         fn = steps.build(steps.classifier_logits, clf, self.precision, compile=False, name="evaluation")
         names = list(cfg.data.class_names)
-        v_probs, v_y, _, _ = predict(fn, clf, self.batches(self.val_split, 0, 0, False), t.eval_batch_size)
-        probs, y, idx, _ = predict(fn, clf, self.batches(self.test_split(), 0, 0, False), t.eval_batch_size)
-        np.savez(self.dir / "predictions.npz", test_probs=probs, test_labels=y, test_index=idx,
-                 val_probs=v_probs, val_labels=v_y, val_index=self.split["val"])
+        v_probs, v_y, _, _ = predict(fn, clf, self.batches(self.val_split, 0, 0, False), self.eval_batch_size)
+        probs, y, idx, _ = predict(fn, clf, self.batches(self.test_split(), 0, 0, False), self.eval_batch_size)
         metrics = {
             "test": classification_metrics(y, probs, names),
             "val": classification_metrics(v_y, v_probs, names),
@@ -280,13 +343,18 @@ class Run:
         }
         if metrics["selected_on"] == "test":
             metrics["warning"] = LEAK_WARNING
+        if not self.main:
+            return metrics
+        np.savez(self.dir / "predictions.npz", test_probs=probs, test_labels=y, test_index=idx,
+                 val_probs=v_probs, val_labels=v_y, val_index=self.split["val"])
         ckpt.atomic_write_bytes(self.dir / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))
         plot_confusion(metrics["test"]["confusion_matrix"], names, self.dir / "figures" / "confusion_matrix.png",
                        f"test, best epoch {metrics['best_epoch']}")
         return metrics
 
     def figures(self) -> None:
-        plot_curves(self.records, self.dir / "figures")
+        if self.main:
+            plot_curves(self.records, self.dir / "figures")
 
 
 def read_log(path: Path) -> list[dict]:
@@ -356,8 +424,20 @@ def prepare_new_run(args: argparse.Namespace) -> tuple[Config, Path, D.HCPData, 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    resume = None
+    DIST.init()  # torchrun with WORLD_SIZE > 1: join the process group; otherwise nothing
+    try:
+        return _main(args)
+    except UserError:
+        if DIST.is_main():
+            raise  # run_cli prints the one line
+        return 2  # every rank stops with the same error (`DIST.agree`); rank 0 alone says it
+    finally:
+        DIST.teardown()
+
+
+def setup(args: argparse.Namespace) -> tuple[Config, Path, D.HCPData, dict, dict | None, str]:
+    """Read and check everything a user gave (every rank, nothing written). -> cfg, run dir, data, split, resume
+    state (or None), stage."""
     if args.resume:
         run_dir = Path(args.resume)
         last = run_dir / "checkpoints" / "last.pt"
@@ -370,22 +450,39 @@ def main(argv: list[str] | None = None) -> int:
         cfg = Config.from_dict(resume["config"])
         data = load_data(cfg)
         split = {k: v.numpy() for k, v in resume["split"].items()}
-        stage = args.stage if args.stage != "all" else "all"
+        check_world(cfg)
+        return cfg, run_dir, data, split, resume, args.stage
+    cfg, run_dir, data, split = prepare_new_run(args)
+    check_world(cfg)
+    return cfg, run_dir, data, split, None, args.stage
+
+
+def _main(args: argparse.Namespace) -> int:
+    main_rank = DIST.is_main()
+    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")
+    error = None
+    try:
+        cfg, run_dir, data, split, resume, stage = setup(args)
+    except UserError as e:
+        error = e
+    DIST.agree(error)  # every rank checked the input before rank 0 touches the run directory
+    if main_rank and resume is not None:
         truncate_log(run_dir / "log.jsonl", resume["stage"], resume["epoch"])
-    else:
-        cfg, run_dir, data, split = prepare_new_run(args)
-        stage = args.stage
+    elif main_rank:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "config.json").exists():
             ckpt.atomic_write_bytes(run_dir / "config.json",
                                     lambda f: f.write(json.dumps(cfg.to_dict(), indent=2).encode()))
             D.save_split(run_dir, split["train"], split["val"], ids=data.ids_train, seed=cfg.train.seed,
                          fraction=cfg.data.val_fraction)
-    seed_everything(cfg.train.seed)
-    run = Run(cfg, run_dir, data, split, quiet=args.quiet or not sys.stderr.isatty())
-    print(f"run directory: {run_dir}  (preset {cfg.preset}, device {run.device}, precision {run.precision.name}, "
-          f"kernels {cfg.model.kernels}, compile {cfg.train.compile}; data {data.source}: "
-          f"{len(split['train'])} train / {len(split['val'])} val / {len(data.y_test)} test volumes)", flush=True)
+    DIST.barrier()
+    seed_everything(DIST.rank_seed(cfg.train.seed, DIST.rank()))
+    run = Run(cfg, run_dir, data, split, quiet=args.quiet or not sys.stderr.isatty() or not main_rank)
+    say = print if main_rank else (lambda *a, **k: None)
+    procs = f", {run.world} processes of {cfg.train.batch_size // run.world} volumes" if run.world > 1 else ""
+    say(f"run directory: {run_dir}  (preset {cfg.preset}, device {run.device}{procs}, precision {run.precision.name}, "
+        f"kernels {cfg.model.kernels}, compile {cfg.train.compile}; data {data.source}: "
+        f"{len(split['train'])} train / {len(split['val'])} val / {len(data.y_test)} test volumes)", flush=True)
     t0 = time.perf_counter()
     try:
         if stage in ("all", "pretrain") and cfg.mae.epochs > 0 and (resume is None or resume["stage"] == "pretrain"):
@@ -398,13 +495,13 @@ def main(argv: list[str] | None = None) -> int:
             m = run.evaluate()
             t = m["test"]
             auc = "n/a" if t["roc_auc"] is None else f"{t['roc_auc']:.3f}"
-            print(f"test: accuracy {t['accuracy']:.3f}, ROC-AUC {auc} on {t['n']} volumes "
-                  f"(best epoch {m['best_epoch']} by {m['selected_on']} accuracy; val accuracy "
-                  f"{m['val']['accuracy']:.3f}); total {time.perf_counter() - t0:.0f} s; {run_dir / 'metrics.json'}")
+            say(f"test: accuracy {t['accuracy']:.3f}, ROC-AUC {auc} on {t['n']} volumes "
+                f"(best epoch {m['best_epoch']} by {m['selected_on']} accuracy; val accuracy "
+                f"{m['val']['accuracy']:.3f}); total {time.perf_counter() - t0:.0f} s; {run_dir / 'metrics.json'}")
     except NonFiniteLoss as e:
         last = run.ckpt_dir / "last.pt"
         kept = f"; last good checkpoint: {last}" if last.exists() else ""
-        print(f"error: training stopped: {e}{kept}", file=sys.stderr)
+        say(f"error: training stopped: {e}{kept}", file=sys.stderr)
         return 3
     finally:
         if run.tb is not None:
