@@ -97,6 +97,34 @@ def init_weights(module: nn.Module, std: float) -> None:
             nn.init.zeros_(m.bias)
 
 
+def sincos_1d(dim: int, positions: Tensor) -> Tensor:
+    """(n,) positions -> (n, dim): half sines, half cosines over geometric frequencies (MAE's embedding)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
+    out = positions.double()[:, None] * omega[None]  # (n, dim/2)
+    return torch.cat([out.sin(), out.cos()], dim=1).float()
+
+
+def sincos_2d(dim: int, grid: tuple[int, int], cls: bool) -> Tensor:
+    """(gh*gw [+1], dim) 2D sin-cos position embedding, half the channels per axis; a zero row for CLS first."""
+    gh, gw = grid
+    rows = torch.arange(gh).repeat_interleave(gw)  # row-major patch order
+    cols = torch.arange(gw).repeat(gh)
+    emb = torch.cat([sincos_1d(dim // 2, rows), sincos_1d(dim - dim // 2, cols)], dim=1)
+    return torch.cat([torch.zeros(1, dim), emb]) if cls else emb
+
+
+def init_pos_embed(param: nn.Parameter, cfg: ModelConfig, grid: tuple[int, int] | None) -> None:
+    """Learnable position embedding, initialized as `cfg.pos_init` says: "sincos" (MAE's fixed 2D / 1D table,
+    amplitude 1, so attention can tell positions apart from the first step) or "normal" (N(0, init_std))."""
+    with torch.no_grad():
+        if cfg.pos_init == "normal":
+            nn.init.normal_(param, std=cfg.init_std)
+        elif grid is not None:
+            param.copy_(sincos_2d(param.shape[-1], grid, cls=True)[None])
+        else:
+            param.copy_(sincos_1d(param.shape[-1], torch.arange(param.shape[1]))[None])
+
+
 class SpatialEncoder(nn.Module):
     """2D ViT over one slice: 7x2 patches -> D, CLS token, learnable position embedding, pre-norm blocks.
 
@@ -116,7 +144,7 @@ class SpatialEncoder(nn.Module):
         self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
         init_weights(self, cfg.init_std)
         nn.init.normal_(self.cls_token, std=cfg.init_std)
-        nn.init.normal_(self.pos_embed, std=cfg.init_std)
+        init_pos_embed(self.pos_embed, cfg, cfg.grid)
 
     def embed(self, x: Tensor) -> Tensor:
         """(S, H, W) slices -> (S, P, D) patch tokens with their position embedding."""
@@ -147,7 +175,7 @@ class TemporalEncoder(nn.Module):
                               cfg.norm_eps)
         self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
         init_weights(self, cfg.init_std)
-        nn.init.normal_(self.pos_embed, std=cfg.init_std)
+        init_pos_embed(self.pos_embed, cfg, None)
 
     def forward(self, z: Tensor) -> Tensor:
         """(B, T, D) -> (B, T, D)."""
@@ -206,7 +234,7 @@ class MAE(nn.Module):
         for m in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
             init_weights(m, cfg.init_std)
         nn.init.normal_(self.mask_token, std=cfg.init_std)
-        nn.init.normal_(self.decoder_pos_embed, std=cfg.init_std)
+        init_pos_embed(self.decoder_pos_embed, cfg, cfg.grid)
         # Start predicting ~0 (the mean of a normalized patch): the loss starts near 1 instead of 1 + var(pred).
         nn.init.normal_(self.decoder_pred.weight, std=cfg.init_std)
 
