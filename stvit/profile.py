@@ -1,0 +1,570 @@
+"""`python -m stvit.profile`: throughput of N training steps of one stage, with the GPU's own view of them.
+
+Runs `--steps` optimizer steps of a preset's MAE or fine-tune stage through the training loop
+(`stvit.engine.train_one_epoch`, in windows of `--window` steps, each ending in a sync), samples NVML
+(nvidia-ml-py) in a background thread (GPU utilization, memory used, power, SM clock), then profiles a few more
+steps with `torch.profiler` for the top-kernel table. Writes `report.md`, `report.json` and, when matplotlib is
+installed, `throughput.png` (samples/s and utilization over time) to `--out`. Without NVML (a CPU, or no
+nvidia-ml-py) it still reports the throughput and says that NVML was not available.
+
+The ways of running a step (`VARIANTS`), shared with `bench/test_train_step.py` and `bench/gpu_check.sh`:
+- `baseline`: what the seed's notebook does: eager ops, no compile, autocast per the precision policy, float32
+  volumes from host memory through a `DataLoader` (2 workers, pinned on CUDA) copied to the device every step,
+  and torch's default AdamW;
+- `eager+compile`: the reference ops with the whole step compiled, the split resident on the device;
+- `fused+compile`: the Triton kernels with the whole step compiled, the split resident on the device
+  (the project's fast path).
+Achieved TFLOP/s use the analytic count of `stvit.flops`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import itertools
+import json
+import logging
+import platform
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from . import steps
+from .config import PRESETS, Config, preset
+from .errors import UserError, run_cli
+from .flops import train_flops_per_sample
+from .model import MAE, SpatioTemporalClassifier
+from .precision import CHOICES as PRECISIONS
+from .precision import Precision
+
+log = logging.getLogger("stvit.profile")
+STAGES = ("mae", "finetune")
+
+
+@dataclass(frozen=True)
+class Variant:
+    kernels: str  # "eager" or "fused"
+    compile: bool
+    loader: str  # "host": DataLoader from host memory, copied each step; "device": DeviceSplit
+    fused_adamw: bool  # the fused AdamW on CUDA (`engine.make_optimizer`) or torch's default
+
+
+VARIANTS = {
+    "baseline": Variant("eager", False, "host", False),
+    "eager+compile": Variant("eager", True, "device", True),
+    "fused+compile": Variant("fused", True, "device", True),
+}
+
+
+def variant_name(variant: Variant) -> str:
+    """The name of a variant in `VARIANTS`, or a description of a custom one."""
+    return next((k for k, v in VARIANTS.items() if v == variant),
+                f"{variant.kernels} ops, {'compiled' if variant.compile else 'no compile'}, {variant.loader} data")
+
+
+# --- data ----------------------------------------------------------------------------------------------------
+
+def host_batches(X: np.ndarray, y: np.ndarray, batch_size: int, device: torch.device, seed: int = 0,
+                 num_workers: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Endless (x, y, idx) on `device` the seed's way: a shuffling DataLoader over float32 host volumes."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    ds = TensorDataset(torch.from_numpy(np.ascontiguousarray(X, np.float32)), torch.as_tensor(y).long(),
+                       torch.arange(len(y)))
+    cuda = device.type == "cuda"
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
+                        pin_memory=cuda, persistent_workers=num_workers > 0,
+                        generator=torch.Generator().manual_seed(seed))
+    while True:
+        for x, yb, idx in loader:
+            yield x.to(device, non_blocking=cuda), yb.to(device, non_blocking=cuda), idx.to(device)
+
+
+def device_batches(split, batch_size: int, seed: int = 0, flip_fraction: float = 0.1,
+                   flip_axis: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Endless (x, y, idx) from a `DeviceSplit`, epoch after epoch, as the training run draws them."""
+    for epoch in itertools.count():
+        yield from split.batches(batch_size, epoch=epoch, seed=seed, shuffle=True, drop_last=True,
+                                 flip_fraction=flip_fraction, flip_axis=flip_axis)
+
+
+# --- one stage, ready to step --------------------------------------------------------------------------------
+
+class StageRunner:
+    """A model, optimizer, scaler, step function and batch stream for one stage and variant.
+
+    `run(n)` makes n optimizer steps through `engine.train_one_epoch` and returns its `EpochStats`
+    (synchronized on CUDA). The first call compiles when the variant compiles.
+    """
+
+    def __init__(self, cfg: Config, stage: str, variant: Variant, X: np.ndarray, y: np.ndarray,
+                 device: torch.device, precision: Precision | None = None, num_workers: int = 2):
+        from . import data as D
+        from .engine import make_optimizer, param_groups
+
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage '{stage}' (choose from {', '.join(STAGES)})")
+        self.cfg, self.stage, self.variant, self.device = cfg, stage, variant, device
+        self.variant_name = variant_name(variant)
+        self.batch_size = cfg.train.batch_size
+        self.precision = precision or Precision.resolve(cfg.train.precision, device)
+        mcfg = dataclasses.replace(cfg.model, kernels=variant.kernels)
+        self.model = (MAE(mcfg) if stage == "mae" else SpatioTemporalClassifier(mcfg)).to(device)
+        self.optim_cfg = cfg.mae if stage == "mae" else cfg.finetune
+        if variant.fused_adamw:
+            self.optimizer = make_optimizer(self.model, self.optim_cfg, device)
+        else:
+            self.optimizer = torch.optim.AdamW(param_groups(self.model, self.optim_cfg.weight_decay),
+                                               lr=self.optim_cfg.lr, betas=tuple(self.optim_cfg.betas))
+        self.scaler = self.precision.grad_scaler()
+        name = f"{stage} train step ({'fused' if variant.kernels == 'fused' else 'eager'} ops)"
+        if stage == "mae":
+            fn = steps.build(steps.mae_loss, self.model, self.precision, compile=variant.compile, name=name)
+            self.step = lambda x, y: (fn(x), None)
+        else:
+            fn = steps.build(steps.classifier_loss, self.model, self.precision, compile=variant.compile, name=name)
+            self.step = fn
+        self.timed = fn
+        if variant.loader == "host":
+            self.batches = host_batches(X, y, self.batch_size, device, cfg.train.seed, num_workers)
+        elif variant.loader == "device":
+            self.split = D.DeviceSplit(X, y, device, self.precision.storage_dtype)
+            self.batches = device_batches(self.split, self.batch_size, cfg.train.seed, cfg.data.flip_fraction,
+                                          cfg.data.flip_axis)
+        else:
+            raise ValueError(f"unknown loader '{variant.loader}' (choose from host, device)")
+        self.flops_per_sample = train_flops_per_sample(cfg.model, stage)
+        self.tokens_per_sample = cfg.model.volume[0] * cfg.model.num_patches
+        self.epoch = 0
+
+    @property
+    def compile_seconds(self) -> float | None:
+        if self.timed.compile_seconds is None:
+            return None
+        return self.timed.compile_seconds + (self.timed.backward_compile_seconds or 0.0)
+
+    def run(self, n: int):
+        from .engine import train_one_epoch
+
+        stats = train_one_epoch(self.step, self.model, self.optimizer, self.scaler,
+                                itertools.islice(self.batches, n), n, self.optim_cfg, self.epoch, quiet=True,
+                                log_every=max(n, 1))
+        self.epoch += 1
+        return stats
+
+    def close(self) -> None:
+        self.batches.close()  # ends a DataLoader's workers
+
+
+# --- NVML ----------------------------------------------------------------------------------------------------
+
+class NvmlSampler:
+    """Samples GPU utilization, memory used, power and SM clock every `interval` s in a background thread.
+
+    `available` is False (and `reason` says why) when nvidia-ml-py is missing, NVML does not start or the
+    device is not a GPU; `start`/`stop` are then no-ops and `samples` stays empty.
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.1):
+        self.interval, self.samples, self.available, self.reason = interval, [], False, ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._nvml = self._handle = None
+        if device.type != "cuda":
+            self.reason = "the device is not a GPU"
+            return
+        try:
+            import pynvml  # from nvidia-ml-py
+        except ImportError:
+            self.reason = "nvidia-ml-py (pynvml) is not installed"
+            return
+        try:
+            pynvml.nvmlInit()
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            props = torch.cuda.get_device_properties(index)
+            handle = None
+            if getattr(props, "pci_bus_id", None) is not None:  # torch's GPU, whatever CUDA_VISIBLE_DEVICES says
+                try:
+                    handle = pynvml.nvmlDeviceGetHandleByPciBusId(
+                        f"{getattr(props, 'pci_domain_id', 0):08x}:{props.pci_bus_id:02x}:"
+                        f"{getattr(props, 'pci_device_id', 0):02x}.0")
+                except Exception:
+                    handle = None
+            self._handle = handle or pynvml.nvmlDeviceGetHandleByIndex(index)
+            self.name = pynvml.nvmlDeviceGetName(self._handle)
+        except Exception as e:  # no driver, no permission
+            self.reason = f"NVML did not start ({type(e).__name__}: {e})"
+            return
+        self._nvml, self.available = pynvml, True
+
+    def _sample(self, t0: float) -> dict:
+        nv, h, s = self._nvml, self._handle, {"t": time.perf_counter() - t0}
+        for key, read in (("gpu_util", lambda: nv.nvmlDeviceGetUtilizationRates(h).gpu),
+                          ("mem_util", lambda: nv.nvmlDeviceGetUtilizationRates(h).memory),
+                          ("mem_used_gb", lambda: nv.nvmlDeviceGetMemoryInfo(h).used / 1e9),
+                          ("power_w", lambda: nv.nvmlDeviceGetPowerUsage(h) / 1e3),
+                          ("sm_clock_mhz", lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM))):
+            try:
+                s[key] = float(read())
+            except Exception:
+                s[key] = None
+        return s
+
+    def start(self, t0: float) -> None:
+        if not self.available:
+            return
+
+        def loop():
+            while not self._stop.is_set():
+                self.samples.append(self._sample(t0))
+                self._stop.wait(self.interval)
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=loop, name="nvml-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+    def summary(self, since: float = 0.0) -> dict:
+        """Mean and max of each quantity over the samples taken after `since` seconds."""
+        rows = [s for s in self.samples if s["t"] >= since]
+        out = {"samples": len(rows)}
+        for key in ("gpu_util", "mem_util", "mem_used_gb", "power_w", "sm_clock_mhz"):
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            if vals:
+                out[f"{key}_mean"], out[f"{key}_max"] = float(np.mean(vals)), float(np.max(vals))
+        return out
+
+
+# --- the report ----------------------------------------------------------------------------------------------
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "python": platform.python_version(),
+           "torch": torch.__version__, "platform": platform.platform(), "device": device_name(device)}
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    if device.type == "cuda":
+        env["cuda"] = torch.version.cuda
+        env["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+    else:
+        env["threads"] = torch.get_num_threads()
+    return env
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or 'cpu'})"
+
+
+def step_metrics(runner: StageRunner, samples: int, seconds: float) -> dict[str, float]:
+    sps = samples / max(seconds, 1e-9)
+    return {"samples_per_s": sps, "tokens_per_s": sps * runner.tokens_per_sample,
+            "tflops": sps * runner.flops_per_sample / 1e12}
+
+
+def top_kernels(runner: StageRunner, n_steps: int, rows: int = 15) -> tuple[list[dict], str]:
+    """torch.profiler over `n_steps` steps: the `rows` events with the most self time on the device
+    (self CPU time on a CPU), as rows and as the profiler's own table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = runner.device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        runner.run(n_steps)
+    events = prof.key_averages()
+
+    def dev_time(e) -> float:
+        for attr in ("self_device_time_total", "self_cuda_time_total"):
+            v = getattr(e, attr, None)
+            if v is not None:
+                return float(v)
+        return 0.0
+
+    key = dev_time if cuda else (lambda e: float(e.self_cpu_time_total))
+    total = sum(key(e) for e in events) or 1.0
+    out = [{"name": e.key, "calls": int(e.count), "self_us": key(e), "share": key(e) / total,
+            "self_us_per_step": key(e) / max(n_steps, 1)}
+           for e in sorted(events, key=key, reverse=True)[:rows]]
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    try:
+        table = events.table(sort_by=sort, row_limit=rows, max_name_column_width=60)
+    except Exception:  # the sort key's name changed across releases
+        table = events.table(sort_by="self_device_time_total" if cuda else sort, row_limit=rows)
+    return out, table
+
+
+def profile_stage(runner: StageRunner, steps_: int, warmup: int, window: int, profile_steps: int,
+                  interval: float = 0.1) -> dict[str, Any]:
+    """Warm up (compile), then `steps_` timed steps in windows under the NVML sampler, then the profiler."""
+    dev = runner.device
+    t_w = time.perf_counter()
+    if warmup:
+        runner.run(warmup)
+    warmup_s = time.perf_counter() - t_w
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    sampler = NvmlSampler(dev, interval)
+    t0 = time.perf_counter()
+    sampler.start(t0)
+    series, done, total_s = [], 0, 0.0
+    try:
+        while done < steps_:
+            n = min(window, steps_ - done)
+            stats = runner.run(n)
+            done += n
+            total_s += stats.seconds
+            series.append({"t": time.perf_counter() - t0, "steps": n, "seconds": stats.seconds,
+                           "samples_per_s": stats.samples_per_s, "loss": stats.loss})
+    finally:
+        sampler.stop()
+    peak = torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None
+    kernels_, table = top_kernels(runner, profile_steps) if profile_steps else ([], "")
+    samples = done * runner.batch_size
+    return {
+        "steps": done, "batch_size": runner.batch_size, "samples": samples, "seconds": total_s,
+        **step_metrics(runner, samples, total_s),
+        "flops_per_sample": runner.flops_per_sample, "tokens_per_sample": runner.tokens_per_sample,
+        "warmup_steps": warmup, "warmup_seconds": warmup_s, "compile_seconds": runner.compile_seconds,
+        "peak_memory_gb": peak, "series": series,
+        "nvml": {"available": sampler.available, "reason": sampler.reason, "summary": sampler.summary(),
+                 "samples": sampler.samples},
+        "top_kernels": kernels_, "profiler_table": table, "profile_steps": profile_steps,
+    }
+
+
+def write_report(out: Path, result: dict[str, Any]) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(result, indent=2, default=str))
+    written = [out / "report.json"]
+    png = out / "throughput.png"
+    if plot(result, png):
+        written.append(png)
+    (out / "report.md").write_text(markdown(result, png if png in written else None))
+    return [out / "report.md"] + written
+
+
+def fmt(v: float | None, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def markdown(r: dict[str, Any], png: Path | None) -> str:
+    env, run = r["env"], r["run"]
+    lines = [f"# Profile: {run['preset']} preset, {run['stage']} stage, {run['variant']}", "",
+             f"- date: {env['date']}", f"- device: {env['device']}",
+             f"- software: torch {env['torch']}, triton {env['triton']}, python {env['python']}"
+             + (f", CUDA {env['cuda']}, sm {env['capability']}" if env.get("cuda") else ""),
+             f"- command: `{r['command']}`",
+             f"- kernels {run['kernels']}, compile {run['compile']}, loader {run['loader']}, "
+             f"precision {run['precision']}, batch {r['batch_size']} volumes", "",
+             "## Throughput", "",
+             "| steps | samples/s | tokens/s | TFLOP/s | peak memory GB | compile s | warm-up s |",
+             "|---:|---:|---:|---:|---:|---:|---:|",
+             f"| {r['steps']} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.4g} | {r['tflops']:.3f} | "
+             f"{fmt(r['peak_memory_gb'], '.2f')} | {fmt(r['compile_seconds'], '.1f')} | "
+             f"{r['warmup_seconds']:.1f} |", "",
+             f"FLOPs per training sample (analytic, `stvit.flops`): {r['flops_per_sample'] / 1e9:.2f} GFLOP; "
+             f"tokens per sample: {r['tokens_per_sample']} patch tokens.", "", "## GPU (NVML)", ""]
+    nv = r["nvml"]
+    if not nv["available"]:
+        lines.append(f"NVML not available: {nv['reason']}. Only the host-side throughput above was measured.")
+    else:
+        s = nv["summary"]
+        lines += ["| quantity | mean | max |", "|---|---:|---:|"]
+        for key, label in (("gpu_util", "GPU utilization %"), ("mem_util", "memory-controller utilization %"),
+                           ("mem_used_gb", "memory used GB"), ("power_w", "power W"), ("sm_clock_mhz", "SM clock MHz")):
+            if f"{key}_mean" in s:
+                lines.append(f"| {label} | {s[key + '_mean']:.1f} | {s[key + '_max']:.1f} |")
+        lines.append(f"\n{s['samples']} samples every {r['nvml_interval_s']} s.")
+    if png is not None:
+        lines += ["", f"![throughput and utilization]({png.name})"]
+    if r["top_kernels"]:
+        where = "device" if env.get("cuda") else "CPU"
+        lines += ["", f"## Top kernels ({r['profile_steps']} profiled steps, self {where} time)", "",
+                  "| kernel | calls | self ms/step | share |", "|---|---:|---:|---:|"]
+        for k in r["top_kernels"]:
+            name = k["name"].replace("|", "/")
+            name = name if len(name) <= 80 else name[:77] + "..."
+            lines.append(f"| `{name}` | {k['calls']} | {k['self_us_per_step'] / 1e3:.3f} | {k['share']:.1%} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict[str, Any], path: Path) -> bool:
+    """Throughput per window and NVML utilization over time; False when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot([s["t"] for s in r["series"]], [s["samples_per_s"] for s in r["series"]], "o-", label="samples/s")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("samples/s")
+    nv = r["nvml"]["samples"]
+    if nv:
+        ax2 = ax.twinx()
+        ax2.plot([s["t"] for s in nv], [s["gpu_util"] for s in nv], color="tab:orange", alpha=0.7,
+                 label="GPU util %")
+        ax2.set_ylabel("GPU utilization %")
+        ax2.set_ylim(0, 105)
+    ax.set_title(f"{r['run']['preset']} {r['run']['stage']} ({r['run']['variant']}) on {r['env']['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# --- full epochs (bench/gpu_check.sh) ------------------------------------------------------------------------
+
+def time_epochs(cfg: Config, X: np.ndarray, y: np.ndarray, device: torch.device, variants=("baseline",
+                "fused+compile"), stages=STAGES, warmup: int = 3, interval: float = 0.2) -> list[dict[str, Any]]:
+    """One timed epoch (len(X) // batch steps) per stage and variant (names in `VARIANTS` or `Variant`s),
+    after `warmup` untimed steps (they compile), with NVML sampled during the epoch."""
+    rows = []
+    steps_ = len(X) // cfg.train.batch_size
+    for stage in stages:
+        for v in variants:
+            variant = VARIANTS[v] if isinstance(v, str) else v
+            name = variant_name(variant)
+            runner = StageRunner(cfg, stage, variant, X, y, device)
+            try:
+                t = time.perf_counter()
+                runner.run(warmup)
+                warm = time.perf_counter() - t
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                sampler = NvmlSampler(device, interval)
+                t0 = time.perf_counter()
+                sampler.start(t0)
+                stats = runner.run(steps_)
+                sampler.stop()
+                rows.append({"stage": stage, "variant": name, "steps": steps_, "samples": stats.samples,
+                             "epoch_seconds": stats.seconds, **step_metrics(runner, stats.samples, stats.seconds),
+                             "warmup_seconds": warm, "compile_seconds": runner.compile_seconds, "loss": stats.loss,
+                             "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9
+                             if device.type == "cuda" else None, "nvml": sampler.summary()})
+            finally:
+                runner.close()
+                del runner
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    return rows
+
+
+# --- command line --------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m stvit.profile", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--preset", choices=PRESETS, help="default: paper on CUDA, demo on CPU")
+    ap.add_argument("--config", help="JSON file of config values applied over the preset (as for stvit.train)")
+    ap.add_argument("--stage", choices=STAGES, default="mae")
+    ap.add_argument("--variant", choices=tuple(VARIANTS), default="fused+compile",
+                    help="a named way of running the step; --kernels/--compile/--loader override its parts")
+    ap.add_argument("--kernels", choices=("fused", "eager"))
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument("--loader", choices=("device", "host"), help="device-resident split or host DataLoader")
+    ap.add_argument("--steps", type=int, help="timed steps (default 60 on CUDA, 4 on CPU)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (they compile)")
+    ap.add_argument("--window", type=int, help="steps per throughput sample (default 10 on CUDA, 1 on CPU)")
+    ap.add_argument("--profile-steps", type=int, help="steps under torch.profiler (default 5 on CUDA, 1 on CPU; 0: none)")
+    ap.add_argument("--batch-size", type=int, help="volumes per step (default: the preset's)")
+    ap.add_argument("--n-train", type=int, help="synthetic volumes to draw batches from (default 64 on CUDA, 8 on CPU)")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--precision", choices=PRECISIONS)
+    ap.add_argument("--interval", type=float, default=0.1, help="NVML sampling interval, seconds")
+    ap.add_argument("--out", help="report folder (default runs/profile-<preset>-<stage>-<time>)")
+    return ap
+
+
+def positive(name: str, v: int | None, minimum: int = 1) -> None:
+    if v is not None and v < minimum:
+        raise UserError(f"{name} must be >= {minimum}, got {v}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    cuda = device.type == "cuda"
+    for name, v, lo in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--window", args.window, 1),
+                        ("--profile-steps", args.profile_steps, 0), ("--batch-size", args.batch_size, 1),
+                        ("--n-train", args.n_train, 1)):
+        positive(name, v, lo)
+    if args.interval <= 0:
+        raise UserError(f"--interval must be > 0, got {args.interval}")
+    cfg = preset(args.preset or ("paper" if cuda else "demo"))
+    if args.config:
+        path = Path(args.config)
+        try:
+            cfg = cfg.override(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise UserError("no such file", path) from None
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as e:
+            raise UserError(f"not a valid config ({e})", path) from None
+    train = {"device": device.type}
+    if args.batch_size:
+        train["batch_size"] = args.batch_size
+    if args.precision:
+        train["precision"] = args.precision
+    cfg = cfg.override({"train": train})
+    base = VARIANTS[args.variant]
+    variant = Variant(args.kernels or base.kernels, base.compile if args.compile is None else args.compile,
+                      args.loader or base.loader, base.fused_adamw)
+    label = variant_name(variant)
+    steps_ = args.steps or (60 if cuda else 4)
+    n_train = args.n_train or (64 if cuda else 8)
+    if n_train < cfg.train.batch_size:
+        raise UserError(f"--n-train {n_train} is smaller than one batch of {cfg.train.batch_size}")
+    if tuple(cfg.model.volume) != (53, 63, 46):
+        raise UserError(f"the synthetic set has volumes of 53x63x46, the config asks for {cfg.model.volume}")
+    out = Path(args.out) if args.out else \
+        Path("runs") / f"profile-{cfg.preset}-{args.stage}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    if out.exists() and not out.is_dir():
+        raise UserError("exists and is not a directory", out)
+
+    from .data import make_synthetic
+
+    torch.manual_seed(cfg.train.seed)
+    data = make_synthetic(n_train, 1, cfg.train.seed)
+    runner = StageRunner(cfg, args.stage, variant, data.X_train, data.y_train, device)
+    print(f"profiling {cfg.preset} {args.stage} ({label}: kernels {variant.kernels}, compile "
+          f"{variant.compile}, loader {variant.loader}) on {device_name(device)}, precision {runner.precision.name}, "
+          f"{steps_} steps of {cfg.train.batch_size} volumes", flush=True)
+    try:
+        result = profile_stage(runner, steps_, args.warmup, args.window or (10 if cuda else 1),
+                               args.profile_steps if args.profile_steps is not None else (5 if cuda else 1),
+                               args.interval)
+    finally:
+        runner.close()
+    result.update(env=environment(device), command="python -m stvit.profile " + " ".join(sys.argv[1:] if argv is None
+                                                                                      else argv),
+                  nvml_interval_s=args.interval,
+                  run={"preset": cfg.preset, "stage": args.stage, "variant": label, **dataclasses.asdict(variant),
+                       "precision": runner.precision.name, "n_train": n_train, "config": cfg.to_dict()})
+    files = write_report(out, result)
+    nv = result["nvml"]
+    print(f"{result['samples_per_s']:.2f} samples/s, {result['tflops']:.3f} TFLOP/s; "
+          + ("NVML: " + f"{nv['summary'].get('gpu_util_mean', float('nan')):.0f}% GPU utilization"
+             if nv["available"] else f"NVML not available ({nv['reason']})"))
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,91 @@
+"""`python -m stvit.profile` on a CPU: a few steps of a tiny config write report.md/json (and a PNG where
+matplotlib is installed), say that NVML was not available, and bad arguments are one line with exit code 2.
+
+The steps use the eager ops: the test session sets TRITON_INTERPRET=1, under which the fused ops would run
+Triton's interpreter (seconds per slice)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stvit import profile
+from stvit.config import preset
+from stvit.errors import run_cli
+
+TINY = {"model": {"dim": 16, "depth": 1, "heads": 2, "temporal_depth": 1, "temporal_heads": 2, "head_hidden": 8,
+                  "decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2},
+        "train": {"batch_size": 1}}
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+def test_profile_writes_a_report_without_nvml(tmp_path, tiny_config, capsys):
+    out = tmp_path / "prof"
+    rc = run_cli(profile.main, ["--device", "cpu", "--config", str(tiny_config), "--stage", "mae", "--no-compile",
+                                "--kernels", "eager",
+                                "--steps", "2", "--warmup", "1", "--window", "1", "--profile-steps", "1",
+                                "--n-train", "2", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "NVML not available" in printed
+    r = json.loads((out / "report.json").read_text())
+    assert r["steps"] == 2 and r["samples"] == 2 and r["samples_per_s"] > 0 and r["tflops"] > 0
+    assert len(r["series"]) == 2 and r["nvml"]["available"] is False and r["nvml"]["samples"] == []
+    assert r["run"]["kernels"] == "eager" and r["run"]["compile"] is False and r["run"]["loader"] == "device"
+    assert r["top_kernels"] and r["top_kernels"][0]["self_us"] > 0
+    assert r["env"]["torch"] == torch.__version__ and r["command"].startswith("python -m stvit.profile")
+    md = (out / "report.md").read_text()
+    assert "NVML not available" in md and "samples/s" in md and "Top kernels" in md and r["env"]["date"] in md
+    try:
+        import matplotlib  # noqa: F401
+        assert (out / "throughput.png").stat().st_size > 0
+    except ImportError:
+        assert not (out / "throughput.png").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--n-train", "1", "--batch-size", "2"], "smaller than one batch"),
+    (["--config", "/nonexistent/x.json"], "no such file"),
+    (["--interval", "0"], "--interval must be > 0"),
+])
+def test_bad_arguments_are_one_line(tmp_path, argv, message, capsys):
+    rc = run_cli(profile.main, ["--device", "cpu", "--out", str(tmp_path / "p"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "p").exists()
+
+
+def test_nvml_sampler_on_cpu_is_a_no_op():
+    s = profile.NvmlSampler(torch.device("cpu"))
+    assert not s.available and "not a GPU" in s.reason
+    s.start(0.0)
+    s.stop()
+    assert s.samples == [] and s.summary() == {"samples": 0}
+
+
+def test_host_batches_copy_float32_volumes_to_the_device():
+    X = np.random.rand(5, 2, 3, 4).astype(np.float32)
+    y = np.arange(5) % 2
+    it = profile.host_batches(X, y, 2, torch.device("cpu"), num_workers=0)
+    seen = [next(it) for _ in range(4)]  # 2 batches per epoch (last partial dropped), then the next epoch
+    for x, yb, idx in seen:
+        assert x.shape == (2, 2, 3, 4) and x.dtype == torch.float32
+        assert torch.equal(x, torch.from_numpy(X)[idx]) and torch.equal(yb, torch.from_numpy(y)[idx])
+    it.close()
+
+
+def test_time_epochs_runs_each_variant():
+    cfg = preset("demo").override({**TINY, "train": {"batch_size": 1, "device": "cpu"}})
+    X = np.random.randn(2, *cfg.model.volume).astype(np.float32)
+    rows = profile.time_epochs(cfg, X, np.array([0, 1]), torch.device("cpu"), stages=("mae",), warmup=0,
+                               variants=("baseline", profile.Variant("eager", False, "device", True)))
+    assert [r["variant"] for r in rows] == ["baseline", "eager ops, no compile, device data"]
+    assert all(r["steps"] == 2 and r["samples"] == 2 and r["epoch_seconds"] > 0 for r in rows)
