@@ -1,4 +1,8 @@
-"""Benchmarks of the four ops: `pytest bench --benchmark` (without the flag every benchmark is skipped).
+"""Benchmarks: `pytest bench --benchmark` (without the flag every benchmark is skipped).
+
+Two kinds: the four ops (`bench/test_<op>.py`, below) and the train steps (`bench/test_train_step.py`, the
+`bench_step` fixture). At the end of the run both are printed as tables, the train steps with their ratios
+against the seed-style baseline, and written as JSON to `--bench-summary` (default `.benchmarks/summary.json`).
 
 Each op is timed in three phases (fwd: the forward with autograd recording; bwd: the backward alone, on a
 fresh forward made outside the timed region; full: both) for three implementations: the plain-torch
@@ -8,7 +12,11 @@ Triton's interpreter: a check that the harness and the kernels work, not a perfo
 synchronize. Each result carries the bytes an ideal single pass moves and the GB/s that makes, in
 `benchmark.extra_info` (saved with --benchmark-json) and in a table at the end of the run.
 """
+import datetime as dt
+import json
 import os
+import platform
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,12 +31,20 @@ if not torch.cuda.is_available():
 BENCH_DIR = Path(__file__).resolve().parent
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_CUDA = DEVICE.type == "cuda"
-RESULTS: list[dict] = []
+RESULTS: list[dict] = []  # op benchmarks
+STEP_RESULTS: list[dict] = []  # train-step benchmarks
+SUMMARY_PATH = [Path(".benchmarks/summary.json")]  # --bench-summary
 
 
 def pytest_addoption(parser):
     parser.addoption("--benchmark", action="store_true", default=False,
-                     help="run the op benchmarks in bench/ (they are skipped without this flag)")
+                     help="run the benchmarks in bench/ (they are skipped without this flag)")
+    parser.addoption("--bench-summary", default=".benchmarks/summary.json",
+                     help="where the end-of-run summary (op and train-step tables) is written as JSON")
+
+
+def pytest_configure(config):
+    SUMMARY_PATH[0] = Path(config.getoption("--bench-summary"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -109,6 +125,7 @@ def run(benchmark, case: Case, impl: str, phase: str):
                 device=torch.cuda.get_device_name() if ON_CUDA else "cpu")
     benchmark.extra_info.update(info)
     RESULTS.append(info)
+    write_summary(SUMMARY_PATH[0])
 
 
 @pytest.fixture
@@ -117,13 +134,85 @@ def bench_op(benchmark):
     return lambda impl, phase, **case: run(benchmark, Case(**case), impl, phase)
 
 
-def pytest_terminal_summary(terminalreporter):
-    if not RESULTS:
-        return
+def run_step(benchmark, runner, *, warmup: int, steps: int, rounds: int, shape: str) -> dict:
+    """Time `runner.run(steps)` (a `stvit.profile.StageRunner`: optimizer steps through the training loop, which
+    synchronizes at its end on CUDA) over `rounds` rounds, after `warmup` untimed steps that compile."""
+    import time
+
+    t0 = time.perf_counter()
+    runner.run(warmup)
+    warmup_s = time.perf_counter() - t0
+    if ON_CUDA:
+        torch.cuda.reset_peak_memory_stats()
+    benchmark.pedantic(runner.run, args=(steps,), rounds=rounds, warmup_rounds=0)
+    median = benchmark.stats.stats.median
+    samples_per_s = steps * runner.batch_size / median
+    info = dict(stage=runner.stage, variant=runner.variant_name, shape=shape, batch=runner.batch_size,
+                steps_per_round=steps, step_ms=median / steps * 1e3, samples_per_s=samples_per_s,
+                tokens_per_s=samples_per_s * runner.tokens_per_sample,
+                tflops=samples_per_s * runner.flops_per_sample / 1e12, gflop_per_sample=runner.flops_per_sample / 1e9,
+                peak_memory_gb=torch.cuda.max_memory_allocated() / 1e9 if ON_CUDA else None,
+                compile_seconds=runner.compile_seconds, warmup_seconds=warmup_s, precision=runner.precision.name,
+                device=torch.cuda.get_device_name() if ON_CUDA else "cpu")
+    benchmark.extra_info.update(info)
+    STEP_RESULTS.append(info)
+    write_summary(SUMMARY_PATH[0])  # after every result: a run cut short keeps what it measured
+    return info
+
+
+@pytest.fixture
+def bench_step(benchmark):
+    """bench_step(runner, warmup=, steps=, rounds=, shape=): time one train-step variant (see `run_step`)."""
+    return lambda runner, **kw: run_step(benchmark, runner, **kw)
+
+
+def _fmt(v, spec):
+    return "n/a" if v is None else format(v, spec)
+
+
+def step_table(rows: list[dict]) -> list[str]:
+    """The train-step table: one row per stage and variant, with samples/s as a ratio of the stage's baseline."""
+    lines = [f"{'stage':<9}{'variant':<15}{'step ms':>10}{'samples/s':>11}{'x base':>8}{'tokens/s':>11}"
+             f"{'TFLOP/s':>9}{'peak GB':>9}{'compile s':>11}"]
+    for r in rows:
+        base = next((b for b in rows if b["stage"] == r["stage"] and b["variant"] == "baseline"), None)
+        ratio = r["samples_per_s"] / base["samples_per_s"] if base else None
+        lines.append(f"{r['stage']:<9}{r['variant']:<15}{r['step_ms']:>10.1f}{r['samples_per_s']:>11.2f}"
+                     f"{_fmt(ratio, '.2f'):>8}{r['tokens_per_s']:>11.4g}{r['tflops']:>9.3f}"
+                     f"{_fmt(r['peak_memory_gb'], '.2f'):>9}{_fmt(r['compile_seconds'], '.1f'):>11}")
+    return lines
+
+
+def write_summary(path: Path) -> None:
+    import triton
+
+    env = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "torch": torch.__version__,
+           "triton": triton.__version__, "python": platform.python_version(), "platform": platform.platform(),
+           "device": torch.cuda.get_device_name() if ON_CUDA else "cpu",
+           "cuda": torch.version.cuda if ON_CUDA else None, "command": "pytest " + " ".join(sys.argv[1:])}
+    for r in STEP_RESULTS:
+        base = next((b for b in STEP_RESULTS if b["stage"] == r["stage"] and b["variant"] == "baseline"), None)
+        r["vs_baseline"] = r["samples_per_s"] / base["samples_per_s"] if base else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"env": env, "ops": RESULTS, "train_steps": STEP_RESULTS}, indent=2))
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's own table: ours end the run
+def pytest_terminal_summary(terminalreporter, config):
     tr = terminalreporter
-    tr.section(f"op benchmarks on {RESULTS[0]['device']} (median; GB/s of an ideal single pass)")
-    tr.write_line(f"{'op':<14}{'phase':<6}{'impl':<11}{'median ms':>11}{'MB':>9}{'GB/s':>9}  shape")
-    for r in RESULTS:
-        note = "  (Triton interpreter)" if r["interpreted"] else ""
-        tr.write_line(f"{r['op']:<14}{r['phase']:<6}{r['impl']:<11}{r['median_ms']:>11.3f}{r['bytes'] / 1e6:>9.2f}"
-                      f"{r['gbps']:>9.2f}  {r['shape']}{note}")
+    if RESULTS:
+        tr.section(f"op benchmarks on {RESULTS[0]['device']} (median; GB/s of an ideal single pass)")
+        tr.write_line(f"{'op':<14}{'phase':<6}{'impl':<11}{'median ms':>11}{'MB':>9}{'GB/s':>9}  shape")
+        for r in RESULTS:
+            note = "  (Triton interpreter)" if r["interpreted"] else ""
+            tr.write_line(f"{r['op']:<14}{r['phase']:<6}{r['impl']:<11}{r['median_ms']:>11.3f}"
+                          f"{r['bytes'] / 1e6:>9.2f}{r['gbps']:>9.2f}  {r['shape']}{note}")
+    if STEP_RESULTS:
+        r0 = STEP_RESULTS[0]
+        tr.section(f"train steps on {r0['device']} ({r0['precision']}, {r0['shape']}; median of rounds; "
+                   f"x base = samples/s over the seed-style baseline)")
+        for line in step_table(STEP_RESULTS):
+            tr.write_line(line)
+    if RESULTS or STEP_RESULTS:
+        write_summary(SUMMARY_PATH[0])
+        tr.write_line(f"summary written to {SUMMARY_PATH[0]}")
