@@ -35,8 +35,6 @@ from .config import PRESETS, Config, preset
 from .data.batches import epoch_generator, shard_bounds
 from .engine import NonFiniteLoss, make_optimizer, predict, train_one_epoch
 from .errors import UserError, run_cli
-from .figures import plot_confusion, plot_curves
-from .metrics import classification_metrics
 from .model import MAE, SpatioTemporalClassifier, transfer_encoder
 from .precision import CHOICES as PRECISIONS
 from .precision import Precision
@@ -333,6 +331,8 @@ class Run:
         names = list(cfg.data.class_names)
         v_probs, v_y, _, _ = predict(fn, clf, self.batches(self.val_split, 0, 0, False), self.eval_batch_size)
         probs, y, idx, _ = predict(fn, clf, self.batches(self.test_split(), 0, 0, False), self.eval_batch_size)
+        from .metrics import classification_metrics  # scikit-learn, only when metrics are computed
+
         metrics = {
             "test": classification_metrics(y, probs, names),
             "val": classification_metrics(v_y, v_probs, names),
@@ -348,12 +348,16 @@ class Run:
         np.savez(self.dir / "predictions.npz", test_probs=probs, test_labels=y, test_index=idx,
                  val_probs=v_probs, val_labels=v_y, val_index=self.split["val"])
         ckpt.atomic_write_bytes(self.dir / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))
+        from .figures import plot_confusion  # matplotlib, only when figures are drawn
+
         plot_confusion(metrics["test"]["confusion_matrix"], names, self.dir / "figures" / "confusion_matrix.png",
                        f"test, best epoch {metrics['best_epoch']}")
         return metrics
 
     def figures(self) -> None:
         if self.main:
+            from .figures import plot_curves
+
             plot_curves(self.records, self.dir / "figures")
 
 
