@@ -84,9 +84,15 @@ def check_backends(names: Iterable[str], device: torch.device | str, dtype: torc
     for heads, head_dim, dropout in sorted(set(shapes)):
         why = probe(names, device, dtype, heads, head_dim, dropout)
         if why is not None:
-            level = logging.WARNING if device.type == "cuda" else logging.INFO
-            log.log(level, "SDPA: %s cannot run attention with %d heads of %d, dropout %g, %s on %s (%s); math "
-                    "fallback allowed", "/".join(names), heads, head_dim, dropout, str(dtype).removeprefix("torch."),
-                    device, why)
+            key = (names, str(device), dtype, heads, head_dim, dropout)
+            if key not in _reported:  # once per process, not once per built step
+                _reported.add(key)
+                level = logging.WARNING if device.type == "cuda" else logging.INFO
+                log.log(level, "SDPA: %s cannot run attention with %d heads of %d, dropout %g, %s on %s (%s); "
+                        "math fallback allowed", "/".join(names), heads, head_dim, dropout,
+                        str(dtype).removeprefix("torch."), device, why)
             return (*names, "math")
     return names
+
+
+_reported: set[tuple] = set()

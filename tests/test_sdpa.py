@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from stvit import steps
+from stvit import attention, steps
 from stvit.attention import check_backends, preferred_backends, probe, sdpa_context
 from stvit.config import ModelConfig
 from stvit.model import MAE, SpatioTemporalClassifier
@@ -86,16 +86,26 @@ def test_restriction_raises_instead_of_running_math():
         model(torch.randn(2, *cfg.volume))
 
 
-def test_math_fallback_is_logged(caplog):
+@pytest.fixture
+def fresh_reports(monkeypatch):
+    """Each fallback is logged once per process: start from none reported."""
+    monkeypatch.setattr(attention, "_reported", set())
+
+
+def test_math_fallback_is_logged(caplog, fresh_reports):
     with caplog.at_level(logging.INFO, logger="stvit.attention"):
         assert check_backends(("flash",), "cpu", torch.float32, [(2, 12, 0.0), (2, 8, 0.0)]) == ("flash",)
         assert not caplog.records
         assert check_backends(("flash",), "cpu", torch.float32, [(2, 12, 0.1)]) == ("flash", "math")
     assert "math fallback" in caplog.text and "dropout" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="stvit.attention"):
+        check_backends(("flash",), "cpu", torch.float32, [(2, 12, 0.1)])
+    assert not caplog.records  # reported once
     assert check_backends((), "cpu", torch.float32, [(2, 12, 0.1)]) == ()  # no restriction: nothing to check
 
 
-def test_build_binds_the_checked_policy(caplog):
+def test_build_binds_the_checked_policy(caplog, fresh_reports):
     """`build` probes the model's attention shapes: dropout on CPU -> flash + logged math fallback."""
     prec = Precision.resolve("fp32", torch.device("cpu"))
     for dropout, expected in ((0.0, ("flash",)), (0.1, ("flash", "math"))):
