@@ -117,7 +117,9 @@ else
   run_section bench     200   80 "$LOG" "$PY" -m pytest -q -p no:cacheprovider bench/test_train_step.py \
       bench/test_patch_embed.py bench/test_mae_gather.py bench/test_mae_scatter.py bench/test_norm_pix_mse.py \
       --benchmark --bench-summary "$OUT/bench.json"
-  run_section tests     100   40 "$OUT/tests.log" "$PY" -m pytest -q -p no:cacheprovider -rfEs \
+  # only the CUDA cases (-k cuda): the CPU ones run in CI; the CUDA parity matrix compiles many graphs, so a
+  # timeout here still leaves the finished tests in tests.log
+  run_section tests     100   40 "$OUT/tests.log" "$PY" -m pytest -q -p no:cacheprovider -rfEs -k cuda \
       tests/test_patch_embed.py tests/test_mae_gather.py tests/test_mae_scatter.py tests/test_norm_pix_mse.py \
       tests/test_parity.py tests/test_fused_model.py tests/test_sdpa.py tests/test_precision.py tests/test_compile.py
   run_section profile    60   10 "$LOG" "$PY" -m stvit.profile --preset paper --stage mae --variant fused+compile \
