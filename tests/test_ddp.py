@@ -18,31 +18,13 @@ import torch
 from stvit import checkpoint as ckpt
 from stvit import train as T
 
-from test_train import TINY, losses, write_tiny_data
+from test_train import TINY, killer_script, losses, write_tiny_data
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TEST = 9  # test batches of 4, 4, 1: rank 1's shard of the last one is empty
 # dropout 0: dropout masks are drawn per rank, so only without dropout do 2 ranks compute what 1 process does
 DDP = {**TINY, "model": {**TINY["model"], "dropout": 0.0}, "finetune": {**TINY["finetune"], "epochs": 2},
        "train": {**TINY["train"], "batch_size": 4, "eval_batch_size": 4}}
-
-KILLER = """
-import os, signal, sys
-import stvit.engine as E
-import stvit.train as T
-real = E.train_one_epoch
-def killing(step, model, opt, scaler, batches, steps, cfg, epoch, **kw):
-    if cfg.epochs == 2 and epoch == 1 and cfg.lr == 3e-3:  # 2nd fine-tune epoch: every rank dies after 2 steps
-        def gen(src=batches):
-            for i, b in enumerate(src):
-                if i == 2:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                yield b
-        batches = gen()
-    return real(step, model, opt, scaler, batches, steps, cfg, epoch, **kw)
-T.train_one_epoch = killing
-sys.exit(T.run_cli(T.main, sys.argv[1:]))
-"""
 
 
 def torchrun(*args: str, script: Path | None = None) -> subprocess.CompletedProcess:
@@ -115,8 +97,7 @@ def test_resume_after_both_ranks_are_killed_is_exact(setup, two_ranks, tmp_path)
     d, data = setup
     full, _ = two_ranks
     killed = tmp_path / "killed"
-    script = tmp_path / "killer.py"
-    script.write_text(KILLER)
+    script = killer_script(tmp_path / "killer.py", DDP["finetune"])
     p = torchrun("--data", str(data), "--config", str(d / "ddp.json"), "--out", str(killed), "--quiet", script=script)
     assert p.returncode != 0
     assert ckpt.load(killed / "checkpoints" / "last.pt")["epoch"] == 1

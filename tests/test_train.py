@@ -151,7 +151,7 @@ import stvit.engine as E
 import stvit.train as T
 real = E.train_one_epoch
 def killing(step, model, opt, scaler, batches, steps, cfg, epoch, **kw):
-    if cfg.epochs == {ft} and epoch == 1:  # second fine-tune epoch: die after two steps, mid-epoch
+    if cfg.epochs == {ft} and cfg.lr == {lr} and epoch == 1:  # 2nd fine-tune epoch: die after two steps, mid-epoch
         def gen(src=batches):
             for i, b in enumerate(src):
                 if i == 2:
@@ -164,11 +164,16 @@ sys.exit(T.run_cli(T.main, sys.argv[1:]))
 """
 
 
+def killer_script(path: Path, finetune: dict) -> Path:
+    """A stvit.train entry point that SIGKILLs its own process in the middle of the 2nd fine-tune epoch."""
+    path.write_text(KILLER.replace("{ft}", repr(finetune["epochs"])).replace("{lr}", repr(finetune["lr"])))
+    return path
+
+
 def test_resume_after_sigkill_mid_epoch_is_bit_identical(tiny, full_run, tmp_path):
     data, cfg = tiny
     out = tmp_path / "killed"
-    script = tmp_path / "killer.py"
-    script.write_text(KILLER.replace("{ft}", str(TINY["finetune"]["epochs"])))
+    script = killer_script(tmp_path / "killer.py", TINY["finetune"])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(script), "--data", str(data), "--config", str(cfg), "--out", str(out),
                            "--quiet"], env=env, capture_output=True, text=True, timeout=600)
