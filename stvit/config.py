@@ -47,6 +47,11 @@ class ModelConfig:
     pos_init: str = "sincos"  # learnable position embeddings start as MAE's sin-cos table ("normal": N(0, init_std))
     kernels: str = "eager"  # "eager" (plain-torch reference ops) or "fused" (Triton kernels)
 
+    def __post_init__(self):
+        ph, pw = self.patch
+        if ph < 1 or pw < 1 or ph > self.volume[1] or pw > self.volume[2]:
+            raise ValueError(f"model.patch {tuple(self.patch)} does not fit a {self.volume[1]}x{self.volume[2]} slice")
+
     @property
     def grid(self) -> tuple[int, int]:
         """Patches per slice along (H, W): (9, 23) for 63x46 slices and 7x2 patches."""
@@ -177,16 +182,18 @@ def preset(name: str) -> Config:
             finetune=OptimConfig(epochs=20, lr=3e-4, schedule="step", step_size=14, gamma=0.1),
         )
     if name == "demo":
-        # The same code at a small width and depth, on a small synthetic set, so that the whole job (one MAE
-        # epoch, two fine-tune epochs) runs in about five minutes on 2 CPU cores. Too short to learn this task
-        # well: it shows the pipeline, not the accuracy (see the README).
+        # The same code, sized for a 2-core CPU: 21x23 patches (6 per slice instead of 207), one spatial and one
+        # temporal block at width 64, no dropout (costly on CPU), 1,920 + 320 synthetic volumes. Calibrated on the
+        # built-in set, where a linear classifier on raw voxels reaches ~85%: with 7x2 or 7x23 patches a model
+        # this small sat at chance for 500-900 steps of batch 8 (its CLS has to learn where to attend before the
+        # loss moves); with 21x23 patches it leaves chance within the first two epochs. README "Demo" has the runs.
         return Config(
             preset="demo",
-            model=ModelConfig(dim=48, depth=1, heads=4, temporal_depth=1, temporal_heads=4, head_hidden=24,
-                              dropout=0.0, decoder_dim=32, decoder_depth=1, decoder_heads=2),
-            data=DataConfig(synth_train=480, synth_test=160),
+            model=ModelConfig(patch=(21, 23), dim=64, depth=1, heads=4, temporal_depth=1, temporal_heads=4,
+                              head_hidden=32, dropout=0.0, decoder_dim=32, decoder_depth=1, decoder_heads=2),
+            data=DataConfig(synth_train=1920, synth_test=320),
             mae=OptimConfig(epochs=1, lr=1.5e-3, warmup_epochs=0.2),
-            finetune=OptimConfig(epochs=2, lr=5e-4, warmup_epochs=0.5),
+            finetune=OptimConfig(epochs=6, lr=3e-4, warmup_epochs=1.0),
             train=TrainConfig(batch_size=8, compile=False),
         )
     raise ValueError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})")

@@ -20,7 +20,7 @@ from stvit.metrics import classification_metrics
 ROOT = Path(__file__).resolve().parents[1]
 VOLUME = (5, 14, 6)
 TINY = {
-    "model": {"volume": list(VOLUME), "dim": 16, "depth": 1, "heads": 2, "temporal_depth": 1, "temporal_heads": 2,
+    "model": {"volume": list(VOLUME), "patch": [7, 2], "dim": 16, "depth": 1, "heads": 2, "temporal_depth": 1, "temporal_heads": 2,
               "head_hidden": 8, "decoder_dim": 8, "decoder_depth": 1, "decoder_heads": 2, "dropout": 0.1},
     "mae": {"epochs": 2, "lr": 1e-3, "warmup_epochs": 0.5},
     "finetune": {"epochs": 3, "lr": 3e-3, "warmup_epochs": 0.5},
@@ -232,6 +232,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny, full_run, tmp_path):
     bad_cfg.write_text('{"model": {"no_such_key": 1}}')
     p = cli("--data", str(data), "--config", str(bad_cfg), "--out", str(out))
     assert p.returncode == 2 and "no_such_key" in p.stderr and str(bad_cfg) in p.stderr and not out.exists()
+    bad_cfg.write_text('{"model": {"volume": [5, 14, 6], "patch": [21, 23]}}')  # the demo's patch, tiny slices
+    p = cli("--data", str(data), "--config", str(bad_cfg), "--out", str(out))
+    assert p.returncode == 2 and "does not fit a 14x6 slice" in p.stderr and str(bad_cfg) in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and not out.exists()
     p = cli("--resume", str(tmp_path / "nowhere"))
     assert p.returncode == 2 and "nowhere" in p.stderr
 
