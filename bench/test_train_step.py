@@ -30,8 +30,8 @@ else:
     N_TRAIN, WARMUP, STEPS, ROUNDS = 16, 2, 5, 5
 CFG = CFG.override({"train": {"device": DEVICE.type}})
 M = CFG.model
-SHAPE = f"{CFG.preset}: B={CFG.train.batch_size} patch {M.patch[0]}x{M.patch[1]} D={M.dim} depth {M.depth}+{M.temporal_depth}" \
-        f" dec {M.decoder_dim}x{M.decoder_depth}"
+SHAPE = f"{CFG.preset}: B={CFG.train.batch_size} patch {M.patch[0]}x{M.patch[1]} D={M.dim}" \
+        f" depth {M.depth}+{M.temporal_depth} dec {M.decoder_dim}x{M.decoder_depth}"
 
 
 @pytest.fixture(scope="module")

@@ -184,9 +184,10 @@ def preset(name: str) -> Config:
     if name == "demo":
         # The same code, sized for a 2-core CPU: 21x23 patches (6 per slice instead of 207), one spatial and one
         # temporal block at width 64, no dropout (costly on CPU), 1,920 + 320 synthetic volumes. Calibrated on the
-        # built-in set, where a linear classifier on raw voxels reaches ~85%: with 7x2 or 7x23 patches a model
-        # this small sat at chance for 500-900 steps of batch 8 (its CLS has to learn where to attend before the
-        # loss moves); with 21x23 patches it leaves chance within the first two epochs. README "Demo" has the runs.
+        # built-in set, where a linear classifier on raw voxels reaches 82% (1,920 / 320): with 7x2 or 7x23 patches
+        # a model this small sat at chance for 500-900 steps of batch 8 (its CLS has to learn where to attend
+        # before the loss moves); with 21x23 patches it leaves chance in the first epoch or two. The runs: README
+        # "Demo preset on a CPU" and bench/results/2026-11-26-cpu-demo-calibration.md.
         return Config(
             preset="demo",
             model=ModelConfig(patch=(21, 23), dim=64, depth=1, heads=4, temporal_depth=1, temporal_heads=4,

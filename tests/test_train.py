@@ -20,8 +20,9 @@ from stvit.metrics import classification_metrics
 ROOT = Path(__file__).resolve().parents[1]
 VOLUME = (5, 14, 6)
 TINY = {
-    "model": {"volume": list(VOLUME), "patch": [7, 2], "dim": 16, "depth": 1, "heads": 2, "temporal_depth": 1, "temporal_heads": 2,
-              "head_hidden": 8, "decoder_dim": 8, "decoder_depth": 1, "decoder_heads": 2, "dropout": 0.1},
+    "model": {"volume": list(VOLUME), "patch": [7, 2], "dim": 16, "depth": 1, "heads": 2, "temporal_depth": 1,
+              "temporal_heads": 2, "head_hidden": 8, "decoder_dim": 8, "decoder_depth": 1, "decoder_heads": 2,
+              "dropout": 0.1},
     "mae": {"epochs": 2, "lr": 1e-3, "warmup_epochs": 0.5},
     "finetune": {"epochs": 3, "lr": 3e-3, "warmup_epochs": 0.5},
     "train": {"batch_size": 4, "eval_batch_size": 5, "compile": False, "device": "cpu", "precision": "fp32"},
