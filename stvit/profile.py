@@ -440,21 +440,12 @@ def time_epochs(cfg: Config, X: np.ndarray, y: np.ndarray, device: torch.device,
             name = variant_name(variant)
             runner = StageRunner(cfg, stage, variant, X, y, device)
             try:
-                t = time.perf_counter()
-                runner.run(warmup)
-                warm = time.perf_counter() - t
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                sampler = NvmlSampler(device, interval)
-                t0 = time.perf_counter()
-                sampler.start(t0)
-                stats = runner.run(steps_)
-                sampler.stop()
-                rows.append({"stage": stage, "variant": name, "steps": steps_, "samples": stats.samples,
-                             "epoch_seconds": stats.seconds, **step_metrics(runner, stats.samples, stats.seconds),
-                             "warmup_seconds": warm, "compile_seconds": runner.compile_seconds, "loss": stats.loss,
-                             "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9
-                             if device.type == "cuda" else None, "nvml": sampler.summary()})
+                r = profile_stage(runner, steps_, warmup, window=max(steps_, 1), profile_steps=0, interval=interval)
+                rows.append({"stage": stage, "variant": name, "steps": r["steps"], "samples": r["samples"],
+                             "epoch_seconds": r["seconds"], **step_metrics(runner, r["samples"], r["seconds"]),
+                             "warmup_seconds": r["warmup_seconds"], "compile_seconds": r["compile_seconds"],
+                             "loss": r["series"][-1]["loss"] if r["series"] else None,
+                             "peak_memory_gb": r["peak_memory_gb"], "nvml": r["nvml"]["summary"]})
             finally:
                 runner.close()
                 del runner

@@ -187,16 +187,17 @@ class Mat5File:
 
                 def read_at(offset: int, buf: np.ndarray) -> None:
                     f.seek(base + offset)
-                    _readinto_exact(f, memoryview(buf).cast("B"))
+                    readinto_exact(f, memoryview(buf).cast("B"))
                 fill_fortran_seekable(out, read_at, src, block_bytes)
 
 
-def _readinto_exact(f: BinaryIO, mv: memoryview) -> None:
+def readinto_exact(f: BinaryIO, mv: memoryview, error: type[Exception] = MatFormatError) -> None:
+    """Fill `mv` from `f` (readinto may return less than asked); `error` if the stream ends first."""
     got = 0
     while got < len(mv):
         n = f.readinto(mv[got:])
         if not n:
-            raise MatFormatError("file is truncated: the data ends early")
+            raise error("file is truncated: the data ends early")
         got += n
 
 

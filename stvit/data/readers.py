@@ -246,16 +246,8 @@ class NpzSource:
         try:
             with self.zf.open(name + ".npy") as fp:
                 _npy_header(fp)
-
-                def read_exact(mv: memoryview) -> None:
-                    got = 0
-                    while got < len(mv):
-                        n = fp.readinto(mv[got:])
-                        if not n:
-                            raise EOFError("the data ends early")
-                        got += n
                 fill = matv5.fill_fortran_stream if fortran else matv5.fill_c_stream
-                fill(out, read_exact, dtype)
+                fill(out, lambda mv: matv5.readinto_exact(fp, mv, EOFError), dtype)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
             raise DataError(f"cannot read {name}: damaged or truncated .npz file ({err})", self.path) from None
 
