@@ -1,18 +1,20 @@
 """Data: read and check a data file, a synthetic HCP-like set, the validation split, device-resident batches.
 
     file (MAT v5/v7/v7.3, .npz, NIfTI folder) -> load_dataset -> HCPData (float32 volumes, int64 labels, ids)
+    (one module per format, reader and writer: matv5, mat73, npz, nifti; files picks the format)
     -> split_train_val (grouped by subject) -> DeviceSplit (on the device) -> batches (gathered, flipped)
 
 A volume is (53, 63, 46) on SPM's 3 mm grid: axis 0 left-right, axis 1 posterior-anterior, axis 2
 inferior-superior. Command line: `python -m stvit.data inspect FILE`, `python -m stvit.data synth --out FILE`.
 """
-from .dataset import VOLUME_SHAPE, DataError, HCPData, zscore_volumes
-from .readers import describe, load_dataset
+from .dataset import VOLUME_SHAPE, DataError, HCPData, grid_affine, zscore_volumes
+from .files import FORMATS, describe, format_for, load_dataset, write_dataset
 from .split import load_split, save_split, split_train_val
-from .synth import GENERATOR_VERSION, builtin_dataset_path, make_synthetic, write_dataset, write_synthetic
+from .synth import GENERATOR_VERSION, builtin_dataset_path, make_synthetic, write_synthetic
 
 __all__ = [
     "VOLUME_SHAPE", "GENERATOR_VERSION", "HCPData", "DataError", "load_dataset", "describe", "zscore_volumes",
+    "grid_affine", "FORMATS", "format_for",
     "builtin_dataset_path", "write_synthetic", "write_dataset", "make_synthetic",
     "split_train_val", "save_split", "load_split", "DeviceSplit",
 ]

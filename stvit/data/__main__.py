@@ -15,8 +15,8 @@ import numpy as np
 
 from ..errors import run_cli
 from .dataset import SPLITS, DataError, HCPData, fmt_shape
-from .readers import describe, load_dataset
-from .synth import FORMATS, format_for, write_synthetic
+from .files import FORMATS, describe, format_for, load_dataset
+from .synth import write_synthetic
 
 
 def _positive(text: str) -> int:
@@ -43,11 +43,12 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--volume-shape", type=_positive, nargs=3, default=(53, 63, 46), metavar=("X", "Y", "Z"))
     i.add_argument("--num-classes", type=_positive, default=2)
     s = sub.add_parser("synth", help="write a synthetic HCP-like set in the real layout")
-    s.add_argument("--out", required=True, help="output file (.mat, .npz, .h5)")
+    s.add_argument("--out", required=True, help="output file (.mat, .npz, .h5), or a folder for --format nifti")
     s.add_argument("--n-train", type=_positive, default=480, help="train volumes (the course file has 3200)")
     s.add_argument("--n-test", type=_positive, default=160, help="test volumes (the course file has 800)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--format", choices=FORMATS, help="mat (v5), mat73 (HDF5) or npz; default from the extension")
+    s.add_argument("--format", choices=FORMATS, help="mat (v5), mat73 (HDF5), npz, or nifti (a folder of .nii.gz volumes and labels.csv); default from the "
+                        "extension")
     s.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="volume dtype in the file (the course file is float64)")
     s.add_argument("--force", action="store_true", help="overwrite an existing file")

@@ -15,14 +15,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..rng import Stream, epoch_generator
+
 TRANSFER_VOLUMES = 64  # volumes per host-to-device copy while loading
-_ORDER, _FLIP = 1, 2  # generator streams
-
-
-def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    """A CPU generator that depends only on (seed, epoch, stream)."""
-    state = np.random.SeedSequence([seed % 2**64, epoch % 2**64, stream]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state >> np.uint64(1)))
 
 
 def shard_bounds(m: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -71,11 +66,11 @@ class DeviceSplit:
                    flip_fraction: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(order (N,) int64, flipped (N,) bool) on the CPU: the visiting order and this epoch's flip set."""
         n = len(self)
-        order = torch.randperm(n, generator=epoch_generator(seed, epoch, _ORDER)) if shuffle else torch.arange(n)
+        order = torch.randperm(n, generator=epoch_generator(seed, epoch, Stream.ORDER)) if shuffle else torch.arange(n)
         flipped = torch.zeros(n, dtype=torch.bool)
         k = round(flip_fraction * n)
         if k:
-            flipped[torch.randperm(n, generator=epoch_generator(seed, epoch, _FLIP))[:k]] = True
+            flipped[torch.randperm(n, generator=epoch_generator(seed, epoch, Stream.FLIP))[:k]] = True
         return order, flipped
 
     def batches(self, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = False,
@@ -107,3 +102,14 @@ class DeviceSplit:
                 f = flipped_dev.index_select(0, idx).view(-1, 1, 1, 1)
                 x = torch.where(f, x.flip(dim), x)
             yield x, self.y.index_select(0, idx), idx
+
+    def epoch_batches(self, batch_size: int, *, epoch: int, seed: int, flip_fraction: float = 0.0,
+                      flip_axis: int = 0, rank: int = 0, world_size: int = 1):
+        """The training batches of one epoch: shuffled and flipped by (seed, epoch), the last partial batch
+        dropped (fixed shapes for a compiled step)."""
+        return self.batches(batch_size, epoch=epoch, seed=seed, shuffle=True, drop_last=True,
+                            flip_fraction=flip_fraction, flip_axis=flip_axis, rank=rank, world_size=world_size)
+
+    def eval_batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1):
+        """Every volume once, in order, unflipped; the last batch may be partial (`engine.predict` pads it)."""
+        return self.batches(batch_size, rank=rank, world_size=world_size)

@@ -6,6 +6,7 @@ which the command-line edge prints as `error: <path>: <problem>` with exit code 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -13,11 +14,23 @@ from ..errors import UserError
 
 SPLITS = ("train", "test")
 VOLUME_SHAPE = (53, 63, 46)  # SPM 3 mm grid: left-right, posterior-anterior, inferior-superior
+VOXEL_MM = 3.0
+# MNI coordinates (mm) of the centre of voxel (0, 0, 0): the corner of SPM's bounding box [-78 -112 -50; 78 76 85].
+# Assumption: the index of each axis grows towards +x (right), +y (anterior), +z (superior), as the course file
+# reads through scipy; an image stored the other way round along x needs another affine.
+ORIGIN_MM = (-78.0, -112.0, -50.0)
 CHUNK_VOLUMES = 16  # volumes per pass of the in-place checks (temporaries of ~10 MB at most)
 
 
 class DataError(UserError):
     """A data file (or one of its volumes) that cannot be used; `str(err)` is `<path>: <problem>`."""
+
+
+def grid_affine() -> np.ndarray:
+    """The 4x4 voxel -> MNI mm affine of the 53x63x46 grid (see ORIGIN_MM for the axis directions)."""
+    a = np.diag([VOXEL_MM, VOXEL_MM, VOXEL_MM, 1.0])
+    a[:3, 3] = ORIGIN_MM
+    return a
 
 
 def keys(split: str) -> tuple[str, str, str]:
@@ -43,6 +56,17 @@ class HCPData:
         if name not in SPLITS:
             raise ValueError(f"unknown split '{name}' (choose from {', '.join(SPLITS)})")
         return getattr(self, f"X_{name}"), getattr(self, f"y_{name}"), getattr(self, f"ids_{name}")
+
+    def variables(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(key, array) in the real file's layout, for the writers: X (N, 53, 63, 46), y (N, 1) float64 (MATLAB's
+        double column), ids (N,) str when there are ids."""
+        for split in SPLITS:
+            X, y, ids = self.split(split)
+            xk, yk, ik = keys(split)
+            yield xk, X
+            yield yk, y.reshape(-1, 1).astype(np.float64)
+            if ids is not None:
+                yield ik, ids
 
     def __repr__(self) -> str:
         parts = [f"{s}: {self.split(s)[0].shape} {self.split(s)[0].dtype}" for s in SPLITS]
@@ -166,3 +190,13 @@ def zscore_volumes(X: np.ndarray) -> np.ndarray:
         v /= std[:, None].astype(v.dtype)
         v[~inside] = 0
     return X
+
+
+@dataclass
+class VarInfo:
+    """What a file says about one variable, before reading it (shape in row-major / MATLAB terms)."""
+
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name, or the MATLAB class ("double", "char", "cell", ...)
+    numeric: bool  # a real numeric array we can stream
+    empty: bool = False

@@ -1,4 +1,5 @@
-"""MAT-file v5/v7 (MATLAB's `save` default): the tag structure, read and written in a streaming way.
+"""MAT-file v5/v7 (MATLAB's `save` default): the tag structure, read and written in a streaming way; the data-set
+reader (`Mat5Source`) and writer (`write`) of this format.
 
 Layout (MathWorks, "MAT-File Format"): a 128-byte header (116 bytes of text, 8 of subsystem offset, version
 0x0100, endian indicator "IM"), then data elements. An element is an 8-byte tag (uint32 type, uint32 byte
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 import numpy as np
+
+from .dataset import DataError, HCPData, VarInfo
 
 MI_INT8, MI_UINT8, MI_INT16, MI_UINT16, MI_INT32, MI_UINT32 = 1, 2, 3, 4, 5, 6
 MI_SINGLE, MI_DOUBLE, MI_INT64, MI_UINT64, MI_MATRIX, MI_COMPRESSED = 7, 9, 12, 13, 14, 15
@@ -383,3 +386,48 @@ def _write_char(f: BinaryIO, name: str, arr: np.ndarray) -> None:
     data = codes.T.tobytes()  # column-major
     body = _matrix_header(name, codes.shape, MX_CHAR) + _element(MI_UINT16, data)
     f.write(struct.pack("<II", MI_MATRIX, len(body)) + body)
+
+
+# --- the data-set reader (used by `files.load_dataset`) and writer ------------------------------------------
+
+class Mat5Source:
+    """A MAT v5/v7 data set: headers and big numeric arrays streamed by `Mat5File`, small variables (labels, ids)
+    through scipy."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.mat = Mat5File(path)
+        except MatFormatError as err:
+            raise DataError(str(err), path) from None
+        self.kind = "MAT v7 (compressed)" if self.mat.compressed else "MAT v5/v7 (uncompressed)"
+
+    def variables(self) -> dict[str, VarInfo]:
+        return {name: VarInfo(v.dims, v.class_name, v.is_numeric, empty=math.prod(v.dims) == 0)
+                for name, v in self.mat.vars.items()}
+
+    def read_volumes(self, name: str, out: np.ndarray) -> None:
+        try:
+            self.mat.read_numeric(name, out)
+        except MatFormatError as err:
+            raise DataError(f"cannot read {name}: {err}", self.path) from None
+
+    def read_small(self, name: str) -> np.ndarray:
+        import scipy.io
+
+        try:
+            return scipy.io.loadmat(self.path, variable_names=[name], chars_as_strings=True)[name]
+        except Exception as err:  # scipy raises many kinds on damaged data
+            raise DataError(f"cannot read {name}: {type(err).__name__}: {err}", self.path) from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def write(path: str, data: "HCPData", dtype: np.dtype) -> None:
+    """`data` as an uncompressed MAT v5 file, the volumes in `dtype` (see `HCPData.variables` for the layout)."""
+    arrays = dict(data.variables())
+    write_mat5(path, arrays, dtypes={name: dtype for name in arrays if name.startswith("X_")})

@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .dataset import VOLUME_SHAPE, DataError, HCPData
+from .dataset import ORIGIN_MM, VOLUME_SHAPE, DataError, HCPData
 
 GENERATOR_VERSION = 1
 VOLUMES_PER_SUBJECT = 16  # 8 per class
-ORIGIN_MM = (-78.0, -112.0, -50.0)  # centre of the grid's first voxel (SPM bounding box), 3 mm voxels
 
 # one hemisphere's blob: (x, y, z) MNI mm (mirrored in x when x != 0), weight, sigma in voxels
 FACE = [((40, -54, -20), 1.0, 2.0), ((40, -80, -8), 0.7, 2.0), ((22, -6, -18), 0.5, 1.5)]
@@ -195,99 +193,13 @@ def make_synthetic(n_train: int, n_test: int, seed: int) -> HCPData:
     return HCPData(splits[0], y_tr, ids[subj_tr], splits[1], y_te, ids[n_sub_tr + subj_te], source="synthetic")
 
 
-# --- writing ----------------------------------------------------------------------------------------------
-
-FORMATS = ("mat", "mat73", "npz")
-
-
-def format_for(path) -> str | None:
-    """The default format for a file name: .mat -> MAT v5, .npz -> npz, .h5/.hdf5 -> MAT v7.3."""
-    return {".mat": "mat", ".npz": "npz", ".h5": "mat73", ".hdf5": "mat73"}.get(Path(path).suffix.lower())
-
-
 def write_synthetic(path, n_train: int, n_test: int, seed: int, *, fmt: str | None = None,
                     dtype=np.float64) -> None:
-    """Generate the synthetic set and write it in the real layout (X (N, 53, 63, 46) `dtype`, y (N, 1)
-    double, ids as a char matrix), atomically (a temp file next to `path`, then `os.replace`)."""
+    """Generate the synthetic set and write it in the real layout (`files.write_dataset`: X (N, 53, 63, 46)
+    `dtype`, y (N, 1) double, ids as a char matrix), atomically."""
+    from .files import write_dataset
+
     write_dataset(path, make_synthetic(n_train, n_test, seed), fmt=fmt, dtype=dtype)
-
-
-def write_dataset(path, data: HCPData, *, fmt: str | None = None, dtype=np.float64) -> None:
-    """Write `data` as MAT v5 (`mat`), MAT v7.3 (`mat73`: HDF5 with MATLAB's user block and attributes) or
-    `npz`, converting the volumes to `dtype` a block at a time; atomic (temp file + `os.replace`)."""
-    path = Path(path)
-    fmt = fmt or format_for(path)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
-    dtype = np.dtype(dtype)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        {"mat": _write_mat, "mat73": _write_mat73, "npz": _write_npz}[fmt](tmp, data, dtype)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _variables(data: HCPData):
-    for split in ("train", "test"):
-        X, y, ids = data.split(split)
-        yield f"X_{split}", X
-        yield f"y_{split}", y.reshape(-1, 1).astype(np.float64)
-        if ids is not None:
-            yield f"ids_{split}", ids
-
-
-def _write_mat(tmp: str, data: HCPData, dtype: np.dtype) -> None:
-    from .matv5 import write_mat5
-
-    arrays = dict(_variables(data))
-    write_mat5(tmp, arrays, dtypes={name: dtype for name in arrays if name.startswith("X_")})
-
-
-def _write_mat73(tmp: str, data: HCPData, dtype: np.dtype) -> None:
-    import h5py
-
-    header = "MATLAB 7.3 MAT-file, Platform: GLNXA64, Created by: stvit HDF5 schema 1.00 ."
-    with h5py.File(tmp, "w", userblock_size=512) as f:
-        for name, arr in _variables(data):
-            if arr.dtype.kind == "U":  # char matrix (N, L) -> uint16 (L, N)
-                width = max(1, max(len(s) for s in arr))
-                codes = np.array([[ord(c) for c in s.ljust(width)] for s in arr], dtype=np.uint16)
-                ds = f.create_dataset(name, data=codes.T)
-                ds.attrs["MATLAB_class"] = np.bytes_("char")
-                ds.attrs["MATLAB_int_decode"] = np.int32(2)
-                continue
-            out_dtype = dtype if name.startswith("X_") else arr.dtype
-            ds = f.create_dataset(name, shape=arr.shape[::-1], dtype=out_dtype)
-            ds.attrs["MATLAB_class"] = np.bytes_({"f8": "double", "f4": "single"}.get(out_dtype.str[1:], "double"))
-            rev = arr.T
-            step = max(1, (16 << 20) // max(1, rev[0].nbytes))
-            for k in range(0, len(rev), step):
-                ds[k:k + step] = rev[k:k + step]
-    with open(tmp, "r+b") as f:
-        f.write(header.encode().ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM")
-
-
-def _write_npz(tmp: str, data: HCPData, dtype: np.dtype) -> None:
-    import zipfile
-
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name, arr in _variables(data):
-            if name.startswith("X_"):
-                out = dtype
-            elif name.startswith("y_"):
-                arr, out = arr.reshape(-1), np.dtype(np.int64)
-            else:
-                out = arr.dtype
-            with zf.open(name + ".npy", "w", force_zip64=True) as fp:
-                header = {"descr": np.lib.format.dtype_to_descr(out), "fortran_order": False, "shape": arr.shape}
-                np.lib.format.write_array_header_2_0(fp, header)
-                flat = arr.reshape(-1)
-                step = max(1, (16 << 20) // out.itemsize)
-                for s in range(0, flat.size, step):
-                    fp.write(flat[s:s + step].astype(out).tobytes())
 
 
 # --- the built-in set ---------------------------------------------------------------------------------------
