@@ -12,10 +12,8 @@ Triton's interpreter: a check that the harness and the kernels work, not a perfo
 synchronize. Each result carries the bytes an ideal single pass moves and the GB/s that makes, in
 `benchmark.extra_info` (saved with --benchmark-json) and in a table at the end of the run.
 """
-import datetime as dt
 import json
 import os
-import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,8 @@ from typing import Callable
 
 import pytest
 import torch
+
+from stvit.report import environment, fmt, vs_baseline
 
 # Triton chooses compiled or interpreted kernels when first imported: without a GPU, ask for the interpreter.
 if not torch.cuda.is_available():
@@ -135,7 +135,7 @@ def bench_op(benchmark):
 
 
 def run_step(benchmark, runner, *, warmup: int, steps: int, rounds: int, shape: str) -> dict:
-    """Time `runner.run(steps)` (a `stvit.profile.StageRunner`: optimizer steps through the training loop, which
+    """Time `runner.run(steps)` (a `stvit.profile.StepRunner`: optimizer steps through the training loop, which
     synchronizes at its end on CUDA) over `rounds` rounds, after `warmup` untimed steps that compile."""
     import time
 
@@ -166,33 +166,21 @@ def bench_step(benchmark):
     return lambda runner, **kw: run_step(benchmark, runner, **kw)
 
 
-def _fmt(v, spec):
-    return "n/a" if v is None else format(v, spec)
-
-
 def step_table(rows: list[dict]) -> list[str]:
     """The train-step table: one row per stage and variant, with samples/s as a ratio of the stage's baseline."""
     lines = [f"{'stage':<9}{'variant':<15}{'step ms':>10}{'samples/s':>11}{'x base':>8}{'tokens/s':>11}"
              f"{'TFLOP/s':>9}{'peak GB':>9}{'compile s':>11}"]
     for r in rows:
-        base = next((b for b in rows if b["stage"] == r["stage"] and b["variant"] == "baseline"), None)
-        ratio = r["samples_per_s"] / base["samples_per_s"] if base else None
         lines.append(f"{r['stage']:<9}{r['variant']:<15}{r['step_ms']:>10.1f}{r['samples_per_s']:>11.2f}"
-                     f"{_fmt(ratio, '.2f'):>8}{r['tokens_per_s']:>11.4g}{r['tflops']:>9.3f}"
-                     f"{_fmt(r['peak_memory_gb'], '.2f'):>9}{_fmt(r['compile_seconds'], '.1f'):>11}")
+                     f"{fmt(vs_baseline(rows, r)):>8}{r['tokens_per_s']:>11.4g}{r['tflops']:>9.3f}"
+                     f"{fmt(r['peak_memory_gb']):>9}{fmt(r['compile_seconds'], '.1f'):>11}")
     return lines
 
 
 def write_summary(path: Path) -> None:
-    import triton
-
-    env = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "torch": torch.__version__,
-           "triton": triton.__version__, "python": platform.python_version(), "platform": platform.platform(),
-           "device": torch.cuda.get_device_name() if ON_CUDA else "cpu",
-           "cuda": torch.version.cuda if ON_CUDA else None, "command": "pytest " + " ".join(sys.argv[1:])}
+    env = environment(DEVICE, command="pytest " + " ".join(sys.argv[1:]))
     for r in STEP_RESULTS:
-        base = next((b for b in STEP_RESULTS if b["stage"] == r["stage"] and b["variant"] == "baseline"), None)
-        r["vs_baseline"] = r["samples_per_s"] / base["samples_per_s"] if base else None
+        r["vs_baseline"] = vs_baseline(STEP_RESULTS, r)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"env": env, "ops": RESULTS, "train_steps": STEP_RESULTS}, indent=2))
 

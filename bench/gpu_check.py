@@ -1,7 +1,7 @@
 """The measuring parts of `bench/gpu_check.sh`: `ceilings`, `epochs` and `summary`, each writing into OUT.
 
     python bench/gpu_check.py ceilings OUT [--dry]   # device copy GB/s, host->device GB/s, GEMM TFLOP/s
-    python bench/gpu_check.py epochs OUT [--dry]     # one MAE + one fine-tune epoch of 3200 volumes, baseline
+    python bench/gpu_check.py epochs OUT [--dry]     # one pretrain + one finetune epoch of 3200 volumes, baseline
                                                      # and fast path -> OUT/epochs.json
     python bench/gpu_check.py summary OUT --status F --profile-json F   # OUT/summary.md from what the
                                                      # sections left
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 # Goals the report is read against (issue 7): fused+compiled >= 6x the seed-style baseline; an epoch of 3200
-# volumes within 2x of the traffic floor on an H100 SXM (MAE ~0.8 s, fine-tune ~1.2 s).
+# volumes within 2x of the traffic floor on an H100 SXM (pretrain ~0.8 s, finetune ~1.2 s).
 GOAL_SPEEDUP = 6.0
-FLOOR_S = {"mae": 0.8, "finetune": 1.2}
+FLOOR_S = {"pretrain": 0.8, "finetune": 1.2}
 N_FULL = 3200
 UNIQUE = 400  # distinct synthetic volumes in the full-scale set
 
@@ -76,10 +76,11 @@ def ceilings(out: Path, dry: bool) -> dict:
 
 
 def epochs(out: Path, dry: bool) -> list[dict]:
-    """One MAE epoch and one fine-tune epoch on a synthetic set of the real size, baseline and fast path."""
+    """One pretrain epoch and one finetune epoch on a synthetic set of the real size, baseline and fast path."""
     from stvit.config import preset
     from stvit.data import make_synthetic
-    from stvit.profile import VARIANTS, Variant, environment, time_epochs
+    from stvit.profile import VARIANTS, Variant, time_epochs
+    from stvit.report import environment
 
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
@@ -120,11 +121,10 @@ def _load(path: Path):
         return None
 
 
-def _f(v, spec=".2f"):
-    return "n/a" if v is None else format(v, spec)
-
-
 def summary(out: Path, status_file: Path | None, profile_json: Path | None) -> str:
+    from stvit.report import fmt as _f
+    from stvit.report import vs_baseline
+
     lines = ["# GPU check", ""]
     rows = []
     if status_file and status_file.exists():
@@ -202,8 +202,7 @@ def summary(out: Path, status_file: Path | None, profile_json: Path | None) -> s
         lines += ["| stage | variant | epoch s | samples/s | x baseline | TFLOP/s | GPU util % | goal |",
                   "|---|---|---:|---:|---:|---:|---:|---|"]
         for r in e["rows"]:
-            base = next((x for x in e["rows"] if x["stage"] == r["stage"] and x["variant"] == "baseline"), None)
-            ratio = r["samples_per_s"] / base["samples_per_s"] if base else None
+            ratio = vs_baseline(e["rows"], r)
             goal = ""
             if r["variant"] != "baseline" and not e.get("dry"):
                 goal = (f"<= {2 * FLOOR_S[r['stage']]:.1f} s: {'met' if r['epoch_seconds'] <= 2 * FLOOR_S[r['stage']] else 'not met'}"
@@ -216,7 +215,7 @@ def summary(out: Path, status_file: Path | None, profile_json: Path | None) -> s
     else:
         lines.append("no epoch timings (see the section status)")
     lines += ["", "## Goals", "", f"- fused+compiled train step >= {GOAL_SPEEDUP:.0f}x the seed-style baseline "
-              "(samples/s, same GPU)", f"- MAE epoch of {N_FULL} volumes <= 2x the traffic floor (~{FLOOR_S['mae']} s on an "
+              "(samples/s, same GPU)", f"- pretrain epoch of {N_FULL} volumes <= 2x the traffic floor (~{FLOOR_S['pretrain']} s on an "
               f"H100 SXM), fine-tune epoch <= 2x ~{FLOOR_S['finetune']} s", ""]
     text = "\n".join(lines)
     (out / "summary.md").write_text(text)

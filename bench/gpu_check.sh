@@ -3,11 +3,11 @@
 # triton, pytest, pytest-benchmark, nvidia-ml-py, h5py, scipy, numpy; no internet):
 #
 #   ceilings  device-to-device copy GB/s, pinned host-to-device GB/s, bf16 GEMM TFLOP/s   -> ceilings.json
-#   epochs    one MAE + one fine-tune epoch of 3200 volumes (paper preset, batch 8), seed-style baseline and
+#   epochs    one pretrain + one finetune epoch of 3200 volumes (paper preset, batch 8), seed-style baseline and
 #             fused+compile                                                              -> epochs.json
 #   bench     pytest bench --benchmark: train steps, then the four ops                   -> bench.json
 #   tests     the CUDA tests: kernels natively, parity, compile, SDPA, precision         -> tests.log
-#   profile   python -m stvit.profile, paper MAE, fused+compile                          -> profile.md (+ .png)
+#   profile   python -m stvit.profile, paper pretrain, fused+compile                          -> profile.md (+ .png)
 #   summary   everything above as Markdown, written last                                 -> summary.md
 #
 # Usage: bash bench/gpu_check.sh            (OUT=./gpu_check_out unless set; at most 8 files are written there)
@@ -122,7 +122,7 @@ else
   run_section tests     100   40 "$OUT/tests.log" "$PY" -m pytest -q -p no:cacheprovider -rfEs -k cuda \
       tests/test_patch_embed.py tests/test_mae_gather.py tests/test_mae_scatter.py tests/test_norm_pix_mse.py \
       tests/test_parity.py tests/test_fused_model.py tests/test_sdpa.py tests/test_precision.py tests/test_compile.py
-  run_section profile    60   10 "$LOG" "$PY" -m stvit.profile --preset paper --stage mae --variant fused+compile \
+  run_section profile    60   10 "$LOG" "$PY" -m stvit.profile --preset paper --stage pretrain --variant fused+compile \
       --steps 40 --warmup 3 --profile-steps 3 --out "$WORK/profile"
 fi
 [ -f "$WORK/profile/report.md" ] && cp "$WORK/profile/report.md" "$OUT/profile.md"

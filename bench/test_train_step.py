@@ -1,6 +1,7 @@
-"""Train steps, MAE and fine-tune: the seed-style baseline vs eager+compile vs fused+compile.
+"""Train steps, pretrain and finetune: the seed-style baseline vs eager+compile vs fused+compile.
 
-Each variant (`stvit.profile.VARIANTS`) makes optimizer steps through the training loop
+Each variant (`stvit.profile.VARIANTS`) is set up as training sets it up (`stvit.stages.setup_stage`: the same
+model, optimizer, compiled graph and masking noise) and makes optimizer steps through the training loop
 (`stvit.engine.train_one_epoch`): baseline = eager ops, no compile, autocast per the precision policy, float32
 volumes from host memory through a DataLoader (2 workers, pinned on CUDA) copied each step, torch's default
 AdamW; eager+compile and fused+compile = the whole step compiled, the split resident on the device in the
@@ -17,7 +18,7 @@ import torch
 
 from stvit.config import preset
 from stvit.data import make_synthetic
-from stvit.profile import VARIANTS, StageRunner
+from stvit.profile import VARIANTS, StepRunner
 
 ON_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_CUDA else "cpu")
@@ -40,10 +41,10 @@ def data():
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("stage", ["mae", "finetune"])
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
 def test_train_step(bench_step, data, stage, variant):
     torch.manual_seed(0)
-    runner = StageRunner(CFG, stage, VARIANTS[variant], data.X_train, data.y_train, DEVICE)
+    runner = StepRunner(CFG, stage, VARIANTS[variant], data.X_train, data.y_train, DEVICE)
     try:
         info = bench_step(runner, warmup=WARMUP, steps=STEPS, rounds=ROUNDS, shape=SHAPE)
     finally:

@@ -4,8 +4,9 @@ A `Config` is plain data (ints, floats, strings, tuples): it round-trips through
 (`Config.to_dict` / `Config.from_dict`) and is stored as such in checkpoints and run directories.
 
 Presets (DESIGN.md sections 2-3):
-- `paper`: the seed's write-up (d 192, 4 spatial + 2 temporal blocks, 4 heads, MAE 80 epochs, fine-tune 20).
-- `notebook`: the public notebook behind the seed's numbers (8 heads, MAE 100 epochs at lr 1.5e-3,
+- `paper`: the seed's write-up (d 192, 4 spatial + 2 temporal blocks, 4 heads, pre-training 80 epochs,
+  fine-tune 20).
+- `notebook`: the public notebook behind the seed's numbers (8 heads, pre-training 100 epochs at lr 1.5e-3,
   fine-tune lr 3e-4 with StepLR(14, 0.1), flips along axis 2).
 - `demo`: the same code at small widths, depths, epochs and data, so it trains in minutes on 2 CPU cores.
 
@@ -16,10 +17,15 @@ posterior-anterior, axis 2 inferior-superior. The model reads axis 0 as a sequen
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 PRESETS = ("paper", "notebook", "demo")
+STAGES = ("pretrain", "finetune")  # the training stages, in order; each has an OptimConfig section of its name
+LEGACY_SECTIONS = {"mae": "pretrain"}  # old name -> name; configs that use the old one still load
 
 
 @dataclass
@@ -120,22 +126,42 @@ class Config:
     preset: str = "paper"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    mae: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=80, lr=1.5e-4, warmup_epochs=10))
+    pretrain: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=80, lr=1.5e-4, warmup_epochs=10))
     finetune: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=20, lr=3e-5, warmup_epochs=0))
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def optim(self, stage: str) -> "OptimConfig":
+        """The optimizer and schedule section of a training stage (`pretrain` or `finetune`)."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage '{stage}' (choose from {', '.join(STAGES)})")
+        return getattr(self, stage)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
         """Inverse of `to_dict`; unknown keys raise `ValueError` naming the key."""
-        return _from_dict(cls, d, "")
+        return _from_dict(cls, _renamed(d), "")
 
     def override(self, d: dict[str, Any]) -> "Config":
         """A copy with the (possibly partial, nested) values of `d` applied on top."""
-        merged = _merge(self.to_dict(), d, "")
+        merged = _merge(self.to_dict(), _renamed(d), "")
         return Config.from_dict(merged)
+
+
+def _renamed(d: Any) -> Any:
+    """`d` with the legacy section names replaced (one deprecation line each); anything else as it is."""
+    if not isinstance(d, dict):
+        return d
+    out = dict(d)
+    for old, new in LEGACY_SECTIONS.items():
+        if old in out:
+            if new in out:
+                raise ValueError(f"config sections '{old}' and '{new}' are the same section; keep '{new}'")
+            log.warning("note: config section '%s' is deprecated, it is now called '%s' (read as such)", old, new)
+            out[new] = out.pop(old)
+    return out
 
 
 def _merge(base: dict, upd: dict, where: str) -> dict:
@@ -178,7 +204,7 @@ def preset(name: str) -> Config:
             preset="notebook",
             model=ModelConfig(heads=8, temporal_heads=8, decoder_heads=8),
             data=DataConfig(flip_axis=2),
-            mae=OptimConfig(epochs=100, lr=1.5e-3, warmup_epochs=5),
+            pretrain=OptimConfig(epochs=100, lr=1.5e-3, warmup_epochs=5),
             finetune=OptimConfig(epochs=20, lr=3e-4, schedule="step", step_size=14, gamma=0.1),
         )
     if name == "demo":
@@ -193,7 +219,7 @@ def preset(name: str) -> Config:
             model=ModelConfig(patch=(21, 23), dim=64, depth=1, heads=4, temporal_depth=1, temporal_heads=4,
                               head_hidden=32, dropout=0.0, decoder_dim=32, decoder_depth=1, decoder_heads=2),
             data=DataConfig(synth_train=1920, synth_test=320),
-            mae=OptimConfig(epochs=1, lr=1.5e-3, warmup_epochs=0.2),
+            pretrain=OptimConfig(epochs=1, lr=1.5e-3, warmup_epochs=0.2),
             finetune=OptimConfig(epochs=6, lr=3e-4, warmup_epochs=1.0),
             train=TrainConfig(batch_size=8, compile=False),
         )

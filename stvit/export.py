@@ -80,8 +80,9 @@ def load_classifier(path: Path) -> tuple[Deployed, Config, dict[str, Any]]:
         raise UserError(f"not a readable checkpoint ({type(e).__name__}: {_first_line(e)})", path) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError("not an stvit checkpoint (needs 'model' and 'config')", path)
-    if state.get("stage") == "mae":
-        raise UserError("this is an MAE pre-training checkpoint; export a fine-tuned one (checkpoints/best.pt)", path)
+    if state.get("stage") == "pretrain":
+        raise UserError("this is a pre-training checkpoint (the MAE); export a fine-tuned one (checkpoints/best.pt)",
+                        path)
     try:
         cfg = Config.from_dict(state["config"])
     except (ValueError, TypeError) as e:

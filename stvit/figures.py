@@ -1,4 +1,4 @@
-"""The run's figures: MAE loss, fine-tune loss and accuracy (train and validation), confusion matrix."""
+"""The run's figures: pre-training loss, fine-tune loss and accuracy (train and validation), confusion matrix."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,15 +18,15 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
-    """From log.jsonl records: mae_loss.png, finetune_loss.png, finetune_accuracy.png (those with data)."""
+    """From log.jsonl records: pretrain_loss.png, finetune_loss.png, finetune_accuracy.png (those with data)."""
     written = []
-    mae = [r for r in records if r["stage"] == "pretrain"]
-    if mae:
+    pre = [r for r in records if r["stage"] == "pretrain"]
+    if pre:
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([r["epoch"] for r in mae], [r["loss"] for r in mae], marker="o")
-        ax.set(xlabel="epoch", ylabel="normalized-pixel MSE (removed patches)", title="MAE pre-training")
-        _save(fig, out_dir / "mae_loss.png")
-        written.append(out_dir / "mae_loss.png")
+        ax.plot([r["epoch"] for r in pre], [r["loss"] for r in pre], marker="o")
+        ax.set(xlabel="epoch", ylabel="normalized-pixel MSE (removed patches)", title="pre-training (MAE)")
+        _save(fig, out_dir / "pretrain_loss.png")
+        written.append(out_dir / "pretrain_loss.png")
     ft = [r for r in records if r["stage"] == "finetune"]
     if ft:
         ep = [r["epoch"] for r in ft]

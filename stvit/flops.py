@@ -7,7 +7,7 @@ prediction, and the classifier head. Softmax, norms, GELU, dropout, the loss and
 two products per forward product: gradient of the input and of the weight), as is usual for MFU estimates.
 
 Per volume of T slices (paper preset: T = 53, P = 207 patches, K = 72 visible, D = 192, Dd = 128):
-- MAE: the patch embedding of all P patches (the fused op embeds every patch, then gathers K), the spatial
+- pretrain (the MAE): the patch embedding of all P patches (the fused op embeds every patch, then gathers K), the spatial
   encoder on 1 + K tokens, the decoder on 1 + P tokens (CLS kept, as in MAE): 25.9 GFLOP forward, 77.6 training.
 - fine-tune: the spatial encoder on 1 + P tokens per slice, the temporal encoder on T tokens, the head:
   46.2 GFLOP forward, 138.6 training.
@@ -47,7 +47,7 @@ class FlopCount:
         return TRAIN_FACTOR * self.forward
 
 
-def mae_flops(cfg: ModelConfig) -> FlopCount:
+def pretrain_flops(cfg: ModelConfig) -> FlopCount:
     """One volume through the MAE (all of its slices, masked as configured)."""
     T, P, K, D, Dd = cfg.volume[0], cfg.num_patches, cfg.len_keep, cfg.dim, cfg.decoder_dim
     return FlopCount({
@@ -59,7 +59,7 @@ def mae_flops(cfg: ModelConfig) -> FlopCount:
     })
 
 
-def classifier_flops(cfg: ModelConfig) -> FlopCount:
+def finetune_flops(cfg: ModelConfig) -> FlopCount:
     """One volume through the classifier (spatial encoder on every slice, temporal encoder, head)."""
     T, P, D = cfg.volume[0], cfg.num_patches, cfg.dim
     return FlopCount({
@@ -71,12 +71,12 @@ def classifier_flops(cfg: ModelConfig) -> FlopCount:
 
 
 def train_flops_per_sample(cfg: ModelConfig, stage: str) -> int:
-    """Training FLOPs of one volume for `stage` ('mae' or 'finetune')."""
-    if stage == "mae":
-        return mae_flops(cfg).train
+    """Training FLOPs of one volume for `stage` ('pretrain' or 'finetune')."""
+    if stage == "pretrain":
+        return pretrain_flops(cfg).train
     if stage == "finetune":
-        return classifier_flops(cfg).train
-    raise ValueError(f"unknown stage '{stage}' (choose from mae, finetune)")
+        return finetune_flops(cfg).train
+    raise ValueError(f"unknown stage '{stage}' (choose from pretrain, finetune)")
 
 
 def main() -> None:
@@ -84,8 +84,8 @@ def main() -> None:
 
     for name in PRESETS:
         cfg = preset(name).model
-        m, c = mae_flops(cfg), classifier_flops(cfg)
-        print(f"{name:<9} MAE {m.forward / 1e9:7.2f} GFLOP forward, {m.train / 1e9:7.2f} training per volume; "
+        m, c = pretrain_flops(cfg), finetune_flops(cfg)
+        print(f"{name:<9} pretrain (MAE) {m.forward / 1e9:7.2f} GFLOP forward, {m.train / 1e9:7.2f} training per volume; "
               f"fine-tune {c.forward / 1e9:7.2f} forward, {c.train / 1e9:7.2f} training")
 
 

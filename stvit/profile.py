@@ -1,8 +1,9 @@
 """`python -m stvit.profile`: throughput of N training steps of one stage, with the GPU's own view of them.
 
-Runs `--steps` optimizer steps of a preset's MAE or fine-tune stage through the training loop
-(`stvit.engine.train_one_epoch`, in windows of `--window` steps, each ending in a sync), samples NVML
-(nvidia-ml-py) in a background thread (GPU utilization, memory used, power, SM clock), then profiles a few more
+Runs `--steps` optimizer steps of a preset's pretrain or finetune stage, set up exactly as training sets it up
+(`stvit.stages.setup_stage`: the same model, optimizer, compiled graph and masking noise), through the training
+loop (`stvit.engine.train_one_epoch`, in windows of `--window` steps, each ending in a sync), samples NVML
+(`stvit.nvml`) in a background thread (GPU utilization, memory used, power, SM clock), then profiles a few more
 steps with `torch.profiler` for the top-kernel table. Writes `report.md`, `report.json` and, when matplotlib is
 installed, `throughput.png` (samples/s and utilization over time) to `--out`. Without NVML (a CPU, or no
 nvidia-ml-py) it still reports the throughput and says that NVML was not available.
@@ -24,9 +25,7 @@ import datetime as dt
 import itertools
 import json
 import logging
-import platform
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,16 +34,17 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from . import steps
-from .config import PRESETS, Config, preset
+from . import cli, engine
+from .config import PRESETS, STAGES, Config
 from .errors import UserError, run_cli
 from .flops import train_flops_per_sample
-from .model import MAE, SpatioTemporalClassifier
+from .nvml import NvmlSampler
 from .precision import CHOICES as PRECISIONS
 from .precision import Precision
+from .report import environment, fmt, markdown_table
+from .stages import setup_stage
 
 log = logging.getLogger("stvit.profile")
-STAGES = ("mae", "finetune")
 
 
 @dataclass(frozen=True)
@@ -86,56 +86,42 @@ def host_batches(X: np.ndarray, y: np.ndarray, batch_size: int, device: torch.de
             yield x.to(device, non_blocking=cuda), yb.to(device, non_blocking=cuda), idx.to(device)
 
 
-def device_batches(split, batch_size: int, seed: int = 0, flip_fraction: float = 0.1,
+def device_batches(split, batch_size: int, seed: int, flip_fraction: float = 0.1,
                    flip_axis: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Endless (x, y, idx) from a `DeviceSplit`, epoch after epoch, as the training run draws them."""
     for epoch in itertools.count():
-        yield from split.batches(batch_size, epoch=epoch, seed=seed, shuffle=True, drop_last=True,
-                                 flip_fraction=flip_fraction, flip_axis=flip_axis)
+        yield from split.epoch_batches(batch_size, epoch=epoch, seed=seed, flip_fraction=flip_fraction,
+                                       flip_axis=flip_axis)
 
 
 # --- one stage, ready to step --------------------------------------------------------------------------------
 
-class StageRunner:
-    """A model, optimizer, scaler, step function and batch stream for one stage and variant.
+class StepRunner:
+    """Steps of one stage, set up by `stages.setup_stage` as training sets it up, in one of the `VARIANTS`
+    (ops, compile, data path, AdamW), over a batch stream.
 
-    `run(n)` makes n optimizer steps through `engine.train_one_epoch` and returns its `EpochStats`
-    (synchronized on CUDA). The first call compiles when the variant compiles.
+    `run(n)` makes n optimizer steps through `engine.train_one_epoch` (each call one "epoch" of the stage's masking
+    noise) and returns its `EpochStats` (synchronized on CUDA). The first call compiles when the variant compiles.
     """
 
     def __init__(self, cfg: Config, stage: str, variant: Variant, X: np.ndarray, y: np.ndarray,
                  device: torch.device, precision: Precision | None = None, num_workers: int = 2):
         from . import data as D
-        from .engine import make_optimizer, param_groups
 
         if stage not in STAGES:
             raise ValueError(f"unknown stage '{stage}' (choose from {', '.join(STAGES)})")
+        cfg = cfg.override({"model": {"kernels": variant.kernels}})
         self.cfg, self.stage, self.variant, self.device = cfg, stage, variant, device
         self.variant_name = variant_name(variant)
         self.batch_size = cfg.train.batch_size
-        self.precision = precision or Precision.resolve(cfg.train.precision, device)
-        mcfg = dataclasses.replace(cfg.model, kernels=variant.kernels)
-        self.model = (MAE(mcfg) if stage == "mae" else SpatioTemporalClassifier(mcfg)).to(device)
-        self.optim_cfg = cfg.mae if stage == "mae" else cfg.finetune
-        if variant.fused_adamw:
-            self.optimizer = make_optimizer(self.model, self.optim_cfg, device)
-        else:
-            self.optimizer = torch.optim.AdamW(param_groups(self.model, self.optim_cfg.weight_decay),
-                                               lr=self.optim_cfg.lr, betas=tuple(self.optim_cfg.betas))
-        self.scaler = self.precision.grad_scaler()
-        name = f"{stage} train step ({'fused' if variant.kernels == 'fused' else 'eager'} ops)"
-        if stage == "mae":
-            fn = steps.build(steps.mae_loss, self.model, self.precision, compile=variant.compile, name=name)
-            self.step = lambda x, y: (fn(x), None)
-        else:
-            fn = steps.build(steps.classifier_loss, self.model, self.precision, compile=variant.compile, name=name)
-            self.step = fn
-        self.timed = fn
+        self.setup = setup_stage(stage, cfg, device, precision=precision, compile=variant.compile,
+                                 fused_adamw=variant.fused_adamw)
+        self.precision, self.model = self.setup.precision, self.setup.model
         if variant.loader == "host":
             self.batches = host_batches(X, y, self.batch_size, device, cfg.train.seed, num_workers)
         elif variant.loader == "device":
-            self.split = D.DeviceSplit(X, y, device, self.precision.storage_dtype)
-            self.batches = device_batches(self.split, self.batch_size, cfg.train.seed, cfg.data.flip_fraction,
+            split = D.DeviceSplit(X, y, device, self.precision.storage_dtype)
+            self.batches = device_batches(split, self.batch_size, self.setup.seed, cfg.data.flip_fraction,
                                           cfg.data.flip_axis)
         else:
             raise ValueError(f"unknown loader '{variant.loader}' (choose from host, device)")
@@ -145,16 +131,13 @@ class StageRunner:
 
     @property
     def compile_seconds(self) -> float | None:
-        if self.timed.compile_seconds is None:
-            return None
-        return self.timed.compile_seconds + (self.timed.backward_compile_seconds or 0.0)
+        return self.setup.compile_seconds
 
-    def run(self, n: int):
-        from .engine import train_one_epoch
-
-        stats = train_one_epoch(self.step, self.model, self.optimizer, self.scaler,
-                                itertools.islice(self.batches, n), n, self.optim_cfg, self.epoch, quiet=True,
-                                log_every=max(n, 1))
+    def run(self, n: int) -> engine.EpochStats:
+        s = self.setup
+        s.begin_epoch(self.epoch)
+        stats = engine.train_one_epoch(s.step, s.model, s.optimizer, s.scaler, itertools.islice(self.batches, n), n,
+                                       s.optim, self.epoch, quiet=True, log_every=max(n, 1))
         self.epoch += 1
         return stats
 
@@ -162,119 +145,15 @@ class StageRunner:
         self.batches.close()  # ends a DataLoader's workers
 
 
-# --- NVML ----------------------------------------------------------------------------------------------------
-
-class NvmlSampler:
-    """Samples GPU utilization, memory used, power and SM clock every `interval` s in a background thread.
-
-    `available` is False (and `reason` says why) when nvidia-ml-py is missing, NVML does not start or the
-    device is not a GPU; `start`/`stop` are then no-ops and `samples` stays empty.
-    """
-
-    def __init__(self, device: torch.device, interval: float = 0.1):
-        self.interval, self.samples, self.available, self.reason = interval, [], False, ""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._nvml = self._handle = None
-        if device.type != "cuda":
-            self.reason = "the device is not a GPU"
-            return
-        try:
-            import pynvml  # from nvidia-ml-py
-        except ImportError:
-            self.reason = "nvidia-ml-py (pynvml) is not installed"
-            return
-        try:
-            pynvml.nvmlInit()
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            props = torch.cuda.get_device_properties(index)
-            handle = None
-            if getattr(props, "pci_bus_id", None) is not None:  # torch's GPU, whatever CUDA_VISIBLE_DEVICES says
-                try:
-                    handle = pynvml.nvmlDeviceGetHandleByPciBusId(
-                        f"{getattr(props, 'pci_domain_id', 0):08x}:{props.pci_bus_id:02x}:"
-                        f"{getattr(props, 'pci_device_id', 0):02x}.0")
-                except Exception:
-                    handle = None
-            self._handle = handle or pynvml.nvmlDeviceGetHandleByIndex(index)
-            self.name = pynvml.nvmlDeviceGetName(self._handle)
-        except Exception as e:  # no driver, no permission
-            self.reason = f"NVML did not start ({type(e).__name__}: {e})"
-            return
-        self._nvml, self.available = pynvml, True
-
-    def _sample(self, t0: float) -> dict:
-        nv, h, s = self._nvml, self._handle, {"t": time.perf_counter() - t0}
-        for key, read in (("gpu_util", lambda: nv.nvmlDeviceGetUtilizationRates(h).gpu),
-                          ("mem_util", lambda: nv.nvmlDeviceGetUtilizationRates(h).memory),
-                          ("mem_used_gb", lambda: nv.nvmlDeviceGetMemoryInfo(h).used / 1e9),
-                          ("power_w", lambda: nv.nvmlDeviceGetPowerUsage(h) / 1e3),
-                          ("sm_clock_mhz", lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM))):
-            try:
-                s[key] = float(read())
-            except Exception:
-                s[key] = None
-        return s
-
-    def start(self, t0: float) -> None:
-        if not self.available:
-            return
-
-        def loop():
-            while not self._stop.is_set():
-                self.samples.append(self._sample(t0))
-                self._stop.wait(self.interval)
-
-        self._stop.clear()
-        self._thread = threading.Thread(target=loop, name="nvml-sampler", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-
-    def summary(self, since: float = 0.0) -> dict:
-        """Mean and max of each quantity over the samples taken after `since` seconds."""
-        rows = [s for s in self.samples if s["t"] >= since]
-        out = {"samples": len(rows)}
-        for key in ("gpu_util", "mem_util", "mem_used_gb", "power_w", "sm_clock_mhz"):
-            vals = [r[key] for r in rows if r.get(key) is not None]
-            if vals:
-                out[f"{key}_mean"], out[f"{key}_max"] = float(np.mean(vals)), float(np.max(vals))
-        return out
-
-
 # --- the report ----------------------------------------------------------------------------------------------
 
-def environment(device: torch.device) -> dict[str, Any]:
-    env = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "python": platform.python_version(),
-           "torch": torch.__version__, "platform": platform.platform(), "device": device_name(device)}
-    try:
-        import triton
-        env["triton"] = triton.__version__
-    except ImportError:
-        env["triton"] = None
-    if device.type == "cuda":
-        env["cuda"] = torch.version.cuda
-        env["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
-    else:
-        env["threads"] = torch.get_num_threads()
-    return env
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or 'cpu'})"
-
-
-def step_metrics(runner: StageRunner, samples: int, seconds: float) -> dict[str, float]:
+def step_metrics(runner: StepRunner, samples: int, seconds: float) -> dict[str, float]:
     sps = samples / max(seconds, 1e-9)
     return {"samples_per_s": sps, "tokens_per_s": sps * runner.tokens_per_sample,
             "tflops": sps * runner.flops_per_sample / 1e12}
 
 
-def top_kernels(runner: StageRunner, n_steps: int, rows: int = 15) -> tuple[list[dict], str]:
+def top_kernels(runner: StepRunner, n_steps: int, rows: int = 15) -> tuple[list[dict], str]:
     """torch.profiler over `n_steps` steps: the `rows` events with the most self time on the device
     (self CPU time on a CPU), as rows and as the profiler's own table."""
     from torch.profiler import ProfilerActivity, profile
@@ -305,7 +184,7 @@ def top_kernels(runner: StageRunner, n_steps: int, rows: int = 15) -> tuple[list
     return out, table
 
 
-def profile_stage(runner: StageRunner, steps_: int, warmup: int, window: int, profile_steps: int,
+def profile_stage(runner: StepRunner, steps_: int, warmup: int, window: int, profile_steps: int,
                   interval: float = 0.1) -> dict[str, Any]:
     """Warm up (compile), then `steps_` timed steps in windows under the NVML sampler, then the profiler."""
     dev = runner.device
@@ -355,10 +234,6 @@ def write_report(out: Path, result: dict[str, Any]) -> list[Path]:
     return [out / "report.md"] + written
 
 
-def fmt(v: float | None, spec: str) -> str:
-    return "n/a" if v is None else format(v, spec)
-
-
 def markdown(r: dict[str, Any], png: Path | None) -> str:
     env, run = r["env"], r["run"]
     lines = [f"# Profile: {run['preset']} preset, {run['stage']} stage, {run['variant']}", "",
@@ -369,11 +244,10 @@ def markdown(r: dict[str, Any], png: Path | None) -> str:
              f"- kernels {run['kernels']}, compile {run['compile']}, loader {run['loader']}, "
              f"precision {run['precision']}, batch {r['batch_size']} volumes", "",
              "## Throughput", "",
-             "| steps | samples/s | tokens/s | TFLOP/s | peak memory GB | compile s | warm-up s |",
-             "|---:|---:|---:|---:|---:|---:|---:|",
-             f"| {r['steps']} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.4g} | {r['tflops']:.3f} | "
-             f"{fmt(r['peak_memory_gb'], '.2f')} | {fmt(r['compile_seconds'], '.1f')} | "
-             f"{r['warmup_seconds']:.1f} |", "",
+             *markdown_table(["steps", "samples/s", "tokens/s", "TFLOP/s", "peak memory GB", "compile s", "warm-up s"],
+                             [[r["steps"], f"{r['samples_per_s']:.2f}", f"{r['tokens_per_s']:.4g}", f"{r['tflops']:.3f}",
+                               fmt(r["peak_memory_gb"]), fmt(r["compile_seconds"], ".1f"),
+                               f"{r['warmup_seconds']:.1f}"]], [True] * 7), "",
              f"FLOPs per training sample (analytic, `stvit.flops`): {r['flops_per_sample'] / 1e9:.2f} GFLOP; "
              f"tokens per sample: {r['tokens_per_sample']} patch tokens.", "", "## GPU (NVML)", ""]
     nv = r["nvml"]
@@ -438,7 +312,7 @@ def time_epochs(cfg: Config, X: np.ndarray, y: np.ndarray, device: torch.device,
         for v in variants:
             variant = VARIANTS[v] if isinstance(v, str) else v
             name = variant_name(variant)
-            runner = StageRunner(cfg, stage, variant, X, y, device)
+            runner = StepRunner(cfg, stage, variant, X, y, device)
             try:
                 r = profile_stage(runner, steps_, warmup, window=max(steps_, 1), profile_steps=0, interval=interval)
                 rows.append({"stage": stage, "variant": name, "steps": r["steps"], "samples": r["samples"],
@@ -461,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--preset", choices=PRESETS, help="default: paper on CUDA, demo on CPU")
     ap.add_argument("--config", help="JSON file of config values applied over the preset (as for stvit.train)")
-    ap.add_argument("--stage", choices=STAGES, default="mae")
+    ap.add_argument("--stage", choices=STAGES, default="pretrain")
     ap.add_argument("--variant", choices=tuple(VARIANTS), default="fused+compile",
                     help="a named way of running the step; --kernels/--compile/--loader override its parts")
     ap.add_argument("--kernels", choices=("fused", "eager"))
@@ -488,10 +362,7 @@ def positive(name: str, v: int | None, minimum: int = 1) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = cli.resolve_device(args.device)
     cuda = device.type == "cuda"
     for name, v, lo in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--window", args.window, 1),
                         ("--profile-steps", args.profile_steps, 0), ("--batch-size", args.batch_size, 1),
@@ -499,21 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         positive(name, v, lo)
     if args.interval <= 0:
         raise UserError(f"--interval must be > 0, got {args.interval}")
-    cfg = preset(args.preset or ("paper" if cuda else "demo"))
-    if args.config:
-        path = Path(args.config)
-        try:
-            cfg = cfg.override(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise UserError("no such file", path) from None
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as e:
-            raise UserError(f"not a valid config ({e})", path) from None
-    train = {"device": device.type}
-    if args.batch_size:
-        train["batch_size"] = args.batch_size
-    if args.precision:
-        train["precision"] = args.precision
-    cfg = cfg.override({"train": train})
+    cfg = cli.load_config(args.preset, args.config, {"train": {"device": device.type, "batch_size": args.batch_size,
+                                                               "precision": args.precision}}, device)
     base = VARIANTS[args.variant]
     variant = Variant(args.kernels or base.kernels, base.compile if args.compile is None else args.compile,
                       args.loader or base.loader, base.fused_adamw)
@@ -533,19 +391,18 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(cfg.train.seed)
     data = make_synthetic(n_train, 1, cfg.train.seed)
-    runner = StageRunner(cfg, args.stage, variant, data.X_train, data.y_train, device)
+    runner = StepRunner(cfg, args.stage, variant, data.X_train, data.y_train, device)
     print(f"profiling {cfg.preset} {args.stage} ({label}: kernels {variant.kernels}, compile "
-          f"{variant.compile}, loader {variant.loader}) on {device_name(device)}, precision {runner.precision.name}, "
-          f"{steps_} steps of {cfg.train.batch_size} volumes", flush=True)
+          f"{variant.compile}, loader {variant.loader}) on {environment(device)['device']}, precision "
+          f"{runner.precision.name}, {steps_} steps of {cfg.train.batch_size} volumes", flush=True)
     try:
         result = profile_stage(runner, steps_, args.warmup, args.window or (10 if cuda else 1),
                                args.profile_steps if args.profile_steps is not None else (5 if cuda else 1),
                                args.interval)
     finally:
         runner.close()
-    result.update(env=environment(device), command="python -m stvit.profile " + " ".join(sys.argv[1:] if argv is None
-                                                                                      else argv),
-                  nvml_interval_s=args.interval,
+    command = "python -m stvit.profile " + " ".join(sys.argv[1:] if argv is None else argv)
+    result.update(env=environment(device), command=command, nvml_interval_s=args.interval,
                   run={"preset": cfg.preset, "stage": args.stage, "variant": label, **dataclasses.asdict(variant),
                        "precision": runner.precision.name, "n_train": n_train, "config": cfg.to_dict()})
     files = write_report(out, result)

@@ -6,8 +6,8 @@ as a second compiled graph that runs on `loss.backward()` (or `scaler.scale(loss
 doubles as the check that nothing breaks the graph.
 
 No recompiles across epochs, if the loop keeps to this:
-- fixed shapes: training drops the last partial batch; evaluation pads it to the batch size with `pad_batch` and
-  keeps the first `n_valid` rows;
+- fixed shapes: training drops the last partial batch; evaluation (`engine.predict`) pads it to the batch size
+  and keeps the rows that are real;
 - one mode per compiled function: `mae_loss` and `classifier_loss` in train mode with grad enabled,
   `classifier_logits` in eval mode under `torch.no_grad()` (Dynamo guards on both; calling `classifier_loss` for a
   validation loss in eval mode would compile a second graph);
@@ -54,19 +54,6 @@ def classifier_logits(model: SpatioTemporalClassifier, precision: Precision, x: 
     """Volumes (B, T, H, W) -> logits (B, C) fp32, for evaluation (call under torch.no_grad, model in eval mode)."""
     with precision.autocast(), precision.sdpa():
         return model(x).float()
-
-
-def pad_batch(x: Tensor, size: int) -> tuple[Tensor, int]:
-    """(n, ...) -> ((size, ...), n): zero rows appended so that a last partial batch keeps the compiled shape.
-
-    Only the first `n` rows of what the model returns for the padded batch are meaningful.
-    """
-    n = x.shape[0]
-    if n > size:
-        raise ValueError(f"batch of {n} is larger than the fixed size {size}")
-    if n == size:
-        return x, n
-    return torch.cat([x, x.new_zeros(size - n, *x.shape[1:])]), n
 
 
 class Timed:

@@ -18,10 +18,7 @@ def _seed():
 
 # --- fused-op tests ------------------------------------------------------------------------------------------
 
-# Per dtype: (atol, rtol). atol is relative to the scale of the tensor compared (max |ref|, at least 1): it
-# absorbs fp32 summation-order noise. rtol is one unit of the dtype's precision: the fused ops accumulate in
-# fp32 and round once, so they may land on the other neighbour of a value the reference rounds exactly.
-TOL = {torch.float32: (2e-5, 2e-5), torch.float16: (2e-5, 2.0 ** -10), torch.bfloat16: (2e-5, 2.0 ** -7)}
+from helpers import assert_three_way  # noqa: E402 - one rule for every test
 
 
 @pytest.fixture(params=["cpu", "cuda"])
@@ -37,28 +34,6 @@ def kernel_device(request):
     elif not (_dispatch.INTERPRETED and _dispatch.interpreting()):
         pytest.skip("Triton interpreter off (TRITON_INTERPRET=1 must be set before triton is imported)")
     return torch.device(request.param)
-
-
-def assert_three_way(out, out_pt, ref, name="output"):
-    """|out - ref| <= 2 |out_pt - ref| + atol (+ rtol |ref|), atol and rtol scaled by max |ref|.
-
-    out: the fused op at some dtype; out_pt: the reference at the same dtype; ref: the reference in fp32 from
-    the same (rounded) inputs. Prints the first mismatches on failure.
-    """
-    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    assert out.dtype == out_pt.dtype, f"{name}: dtype {out.dtype} != reference's {out_pt.dtype}"
-    atol, rtol = TOL[out.dtype]
-    out, out_pt, ref = (t.detach().float().cpu() for t in (out, out_pt, ref))
-    scale = max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
-    bound = 2 * (out_pt - ref).abs() + atol * scale + rtol * ref.abs()
-    err = (out - ref).abs()
-    bad = ~(err <= bound)  # NaN counts as a mismatch
-    if bad.any():
-        idx = bad.nonzero()[:8].tolist()
-        rows = [f"  at {tuple(i)}: fused {out[tuple(i)].item():.6g}, reference at dtype {out_pt[tuple(i)].item():.6g},"
-                f" fp32 {ref[tuple(i)].item():.6g}" for i in idx]
-        raise AssertionError(f"{name}: {int(bad.sum())} of {bad.numel()} mismatches (max error {err.max().item():.3g},"
-                             f" scale {scale:.3g}); first:\n" + "\n".join(rows))
 
 
 def _prepare(args, dtype, device, grad_idx, float_idx):

@@ -18,13 +18,12 @@ import torch
 from stvit import checkpoint as ckpt
 from stvit import train as T
 
-from test_train import TINY, killer_script, losses, write_tiny_data
+from helpers import ROOT, TINY_RUN, killer_script, losses, write_tiny_data
 
-ROOT = Path(__file__).resolve().parents[1]
 N_TEST = 9  # test batches of 4, 4, 1: rank 1's shard of the last one is empty
 # dropout 0: dropout masks are drawn per rank, so only without dropout do 2 ranks compute what 1 process does
-DDP = {**TINY, "model": {**TINY["model"], "dropout": 0.0}, "finetune": {**TINY["finetune"], "epochs": 2},
-       "train": {**TINY["train"], "batch_size": 4, "eval_batch_size": 4}}
+DDP = {**TINY_RUN, "model": {**TINY_RUN["model"], "dropout": 0.0}, "finetune": {**TINY_RUN["finetune"], "epochs": 2},
+       "train": {**TINY_RUN["train"], "batch_size": 4, "eval_batch_size": 4}}
 
 
 def torchrun(*args: str, script: Path | None = None) -> subprocess.CompletedProcess:

@@ -28,7 +28,7 @@ from stvit import export
 from stvit.config import Config, DataConfig, ModelConfig
 from stvit.data import zscore_volumes
 from stvit.errors import run_cli
-from stvit.model import SpatioTemporalClassifier
+from stvit.model import MAE, SpatioTemporalClassifier
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_CMAKE = torch.utils.cmake_prefix_path
@@ -85,11 +85,15 @@ def test_export_refuses_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
     assert rc == 2 and err.startswith(f"error: {bad}: not a readable checkpoint") and err.count("\n") == 1
 
 
-def test_export_refuses_an_mae_checkpoint(tmp_path, capsys):
-    path = tmp_path / "mae.pt"
-    checkpoint.save(path, {"stage": "mae", "model": {}, "config": Config().to_dict(), "epoch": 1})
+def test_export_refuses_a_pretraining_checkpoint(tmp_path, capsys):
+    """What the pretrain stage writes (checkpoints/pretrain.pt: the MAE's weights) is named as such."""
+    path = tmp_path / "pretrain.pt"
+    cfg = Config(preset="demo", model=TINY)
+    checkpoint.save(path, {"stage": "pretrain", "model": MAE(cfg.model).state_dict(), "config": cfg.to_dict(),
+                           "epoch": 1})
     rc = run_cli(export.main, ["--checkpoint", str(path), "--out", str(tmp_path / "m.pt2")])
-    assert rc == 2 and "MAE pre-training checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "pre-training checkpoint" in err and err.count("\n") == 1
 
 
 # --- export + CMake build, once per module ----------------------------------------------------------------------

@@ -6,7 +6,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from stvit.config import ModelConfig, preset
-from stvit.flops import classifier_flops, mae_flops, train_flops_per_sample
+from stvit.flops import finetune_flops, pretrain_flops, train_flops_per_sample
 from stvit.model import MAE, SpatioTemporalClassifier
 
 TINY = ModelConfig(dim=32, depth=2, heads=2, temporal_depth=1, temporal_heads=2, head_hidden=16, decoder_dim=16,
@@ -15,22 +15,22 @@ TINY = ModelConfig(dim=32, depth=2, heads=2, temporal_depth=1, temporal_heads=2,
 
 def test_paper_preset_matches_the_issue():
     cfg = preset("paper").model
-    assert train_flops_per_sample(cfg, "mae") / 1e9 == pytest.approx(77.6, rel=1e-3)  # d_dec 128
+    assert train_flops_per_sample(cfg, "pretrain") / 1e9 == pytest.approx(77.6, rel=1e-3)  # d_dec 128
     assert train_flops_per_sample(cfg, "finetune") / 1e9 == pytest.approx(138.6, rel=1e-3)
-    assert mae_flops(cfg).train == 3 * mae_flops(cfg).forward
+    assert pretrain_flops(cfg).train == 3 * pretrain_flops(cfg).forward
 
 
 def test_decoder_width_changes_only_the_decoder():
     a, b = preset("paper").model, preset("paper").model
     b.decoder_dim = 256
-    fa, fb = mae_flops(a).parts, mae_flops(b).parts
+    fa, fb = pretrain_flops(a).parts, pretrain_flops(b).parts
     assert fa["encoder"] == fb["encoder"] and fa["patch_embed"] == fb["patch_embed"]
     assert fb["decoder"] > 2 * fa["decoder"]
 
 
 def test_unknown_stage():
     with pytest.raises(ValueError, match="unknown stage"):
-        train_flops_per_sample(preset("paper").model, "pretrain")
+        train_flops_per_sample(preset("paper").model, "mae")
 
 
 def counted(model, x) -> int:
@@ -46,8 +46,8 @@ def test_agrees_with_torch_flop_counter(which):
     torch.manual_seed(0)
     x = torch.randn(1, *TINY.volume)
     if which == "mae":
-        model, ours = MAE(TINY).eval(), mae_flops(TINY).forward
+        model, ours = MAE(TINY).eval(), pretrain_flops(TINY).forward
     else:
-        model, ours = SpatioTemporalClassifier(TINY).eval(), classifier_flops(TINY).forward
+        model, ours = SpatioTemporalClassifier(TINY).eval(), finetune_flops(TINY).forward
     theirs = counted(model, x)
     assert ours == theirs

@@ -7,18 +7,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stvit.config import ModelConfig, preset
+from stvit.config import preset
 from stvit.model import MAE, SpatioTemporalClassifier, count_parameters, transfer_encoder
 
+from helpers import small_config as tiny_config
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(**kw) -> ModelConfig:
-    """A small model on a small grid: 5 slices of 14x6 -> 2x3 patches of 7x2."""
-    base = dict(volume=(5, 14, 6), dim=16, depth=1, heads=2, temporal_depth=1, temporal_heads=2, head_hidden=8,
-                decoder_dim=8, decoder_depth=1, decoder_heads=2, dropout=0.0, mask_ratio=0.5)
-    base.update(kw)
-    return ModelConfig(**base)
 
 
 def test_paper_preset_shapes():

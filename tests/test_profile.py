@@ -12,10 +12,12 @@ import torch
 from stvit import profile
 from stvit.config import preset
 from stvit.errors import run_cli
+from stvit.nvml import NvmlSampler
 
-TINY = {"model": {"dim": 16, "depth": 1, "heads": 2, "temporal_depth": 1, "temporal_heads": 2, "head_hidden": 8,
-                  "decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2},
-        "train": {"batch_size": 1}}
+from helpers import SMALL
+
+# the small model at the real volume (the profiler draws from the synthetic set)
+TINY = {"model": {k: v for k, v in SMALL.items() if k != "volume"}, "train": {"batch_size": 1}}
 
 
 @pytest.fixture
@@ -27,7 +29,7 @@ def tiny_config(tmp_path):
 
 def test_profile_writes_a_report_without_nvml(tmp_path, tiny_config, capsys):
     out = tmp_path / "prof"
-    rc = run_cli(profile.main, ["--device", "cpu", "--config", str(tiny_config), "--stage", "mae", "--no-compile",
+    rc = run_cli(profile.main, ["--device", "cpu", "--config", str(tiny_config), "--stage", "pretrain", "--no-compile",
                                 "--kernels", "eager",
                                 "--steps", "2", "--warmup", "1", "--window", "1", "--profile-steps", "1",
                                 "--n-train", "2", "--out", str(out)])
@@ -64,7 +66,7 @@ def test_bad_arguments_are_one_line(tmp_path, argv, message, capsys):
 
 
 def test_nvml_sampler_on_cpu_is_a_no_op():
-    s = profile.NvmlSampler(torch.device("cpu"))
+    s = NvmlSampler(torch.device("cpu"))
     assert not s.available and "not a GPU" in s.reason
     s.start(0.0)
     s.stop()
@@ -85,7 +87,7 @@ def test_host_batches_copy_float32_volumes_to_the_device():
 def test_time_epochs_runs_each_variant():
     cfg = preset("demo").override({**TINY, "train": {"batch_size": 1, "device": "cpu"}})
     X = np.random.randn(2, *cfg.model.volume).astype(np.float32)
-    rows = profile.time_epochs(cfg, X, np.array([0, 1]), torch.device("cpu"), stages=("mae",), warmup=0,
+    rows = profile.time_epochs(cfg, X, np.array([0, 1]), torch.device("cpu"), stages=("pretrain",), warmup=0,
                                variants=("baseline", profile.Variant("eager", False, "device", True)))
     assert [r["variant"] for r in rows] == ["baseline", "eager ops, no compile, device data"]
     assert all(r["steps"] == 2 and r["samples"] == 2 and r["epoch_seconds"] > 0 for r in rows)

@@ -10,9 +10,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from stvit import attention, steps
 from stvit.attention import check_backends, preferred_backends, probe, sdpa_context
-from stvit.config import ModelConfig
 from stvit.model import MAE, SpatioTemporalClassifier
 from stvit.precision import Precision
+
+from helpers import tiny_config
 
 CUDA = torch.cuda.is_available()
 OPS = {  # the aten op each backend runs, as the profiler names it
@@ -21,14 +22,6 @@ OPS = {  # the aten op each backend runs, as the profiler names it
     ("cuda", "efficient"): "aten::_scaled_dot_product_efficient_attention",
 }
 MATH = "aten::_scaled_dot_product_attention_math"
-
-
-def tiny_config(device: str, **kw) -> ModelConfig:
-    base = dict(volume=(3, 14, 6), dim=32 if device == "cuda" else 24, depth=1, heads=2, temporal_depth=1,
-                temporal_heads=2, head_hidden=8, decoder_dim=16, decoder_depth=1, decoder_heads=2, dropout=0.0,
-                mask_ratio=0.5)
-    base.update(kw)
-    return ModelConfig(**base)
 
 
 def attention_ops(fn) -> dict[str, int]:

@@ -1,6 +1,7 @@
 """`python -m stvit.train` end to end on a tiny preset: run-directory contract, exact resume, honest selection."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -13,56 +14,22 @@ import pytest
 import torch
 
 from stvit import checkpoint as ckpt
+from stvit import fit as FIT
+from stvit import stages
 from stvit import train as T
 from stvit.data import load_split
 from stvit.metrics import classification_metrics
+from stvit.rundir import RunDir, read_log
 
-ROOT = Path(__file__).resolve().parents[1]
-VOLUME = (5, 14, 6)
-TINY = {
-    "model": {"volume": list(VOLUME), "patch": [7, 2], "dim": 16, "depth": 1, "heads": 2, "temporal_depth": 1,
-              "temporal_heads": 2, "head_hidden": 8, "decoder_dim": 8, "decoder_depth": 1, "decoder_heads": 2,
-              "dropout": 0.1},
-    "mae": {"epochs": 2, "lr": 1e-3, "warmup_epochs": 0.5},
-    "finetune": {"epochs": 3, "lr": 3e-3, "warmup_epochs": 0.5},
-    "train": {"batch_size": 4, "eval_batch_size": 5, "compile": False, "device": "cpu", "precision": "fp32"},
-    "data": {"val_fraction": 0.25},
-}
-
-
-def write_tiny_data(path: Path, n_train=32, n_test=10, seed=0) -> Path:
-    """A learnable toy set in the npz layout: class 1 has a bright blob in the left half of the slices."""
-    rng = np.random.default_rng(seed)
-
-    def make(n, subj_offset):
-        y = np.arange(n) % 2
-        X = rng.normal(size=(n, *VOLUME)).astype(np.float32)
-        X[y == 1, :2, 3:10, 1:4] += 1.5
-        ids = np.array([f"S{subj_offset + i // 4:03d}" for i in range(n)])
-        return X, y.astype(np.float64).reshape(-1, 1), ids
-
-    Xtr, ytr, itr = make(n_train, 0)
-    Xte, yte, ite = make(n_test, 100)
-    np.savez(path, X_train=Xtr, y_train=ytr, ids_train=itr, X_test=Xte, y_test=yte, ids_test=ite)
-    return path
-
+from helpers import ROOT, TINY_RUN, killer_script, losses, run_main, write_tiny_data
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny")
     data = write_tiny_data(d / "tiny.npz")
     cfg = d / "tiny.json"
-    cfg.write_text(json.dumps(TINY))
+    cfg.write_text(json.dumps(TINY_RUN))
     return data, cfg
-
-
-def run_main(args: list[str]) -> int:
-    return T.run_cli(T.main, args)
-
-
-def losses(run_dir: Path) -> list[tuple]:
-    keys = ("loss", "train_loss", "train_acc", "val_loss", "val_acc")
-    return [(r["stage"], r["epoch"], *(r.get(k) for k in keys)) for r in T.read_log(run_dir / "log.jsonl")]
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +43,11 @@ def full_run(tiny, tmp_path_factory):
 def test_end_to_end_writes_the_contract(tiny, full_run):
     out = full_run
     for rel in ("config.json", "split.json", "log.jsonl", "metrics.json", "predictions.npz",
-                "checkpoints/last.pt", "checkpoints/best.pt", "checkpoints/mae.pt",
-                "figures/mae_loss.png", "figures/finetune_loss.png", "figures/finetune_accuracy.png",
+                "checkpoints/last.pt", "checkpoints/best.pt", "checkpoints/pretrain.pt",
+                "figures/pretrain_loss.png", "figures/finetune_loss.png", "figures/finetune_accuracy.png",
                 "figures/confusion_matrix.png"):
         assert (out / rel).is_file(), rel
-    records = T.read_log(out / "log.jsonl")
+    records = read_log(out / "log.jsonl")
     assert [(r["stage"], r["epoch"]) for r in records] == [("pretrain", 1), ("pretrain", 2), ("finetune", 1),
                                                            ("finetune", 2), ("finetune", 3)]
     for r in records:
@@ -100,7 +67,7 @@ def test_end_to_end_writes_the_contract(tiny, full_run):
 
 
 def test_checkpoints_load_weights_only(full_run):
-    for name in ("last.pt", "best.pt", "mae.pt"):
+    for name in ("last.pt", "best.pt", "pretrain.pt"):
         state = torch.load(full_run / "checkpoints" / name, weights_only=True)
         assert "model" in state and "config" in state
     last = torch.load(full_run / "checkpoints" / "last.pt", weights_only=True)
@@ -128,14 +95,14 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
 def test_resume_after_stop_is_bit_identical(tiny, full_run, tmp_path, monkeypatch):
     data, cfg = tiny
     out = tmp_path / "stopped"
-    real_log = T.Run.log_epoch
+    real_log = RunDir.log
 
     def stop_after_first_finetune_epoch(self, record):
         real_log(self, record)
         if record["stage"] == "finetune" and record["epoch"] == 1:
             raise KeyboardInterrupt  # stopped after the epoch was logged, before its checkpoint was saved
 
-    monkeypatch.setattr(T.Run, "log_epoch", stop_after_first_finetune_epoch)
+    monkeypatch.setattr(RunDir, "log", stop_after_first_finetune_epoch)
     with pytest.raises(KeyboardInterrupt):
         run_main(["--data", str(data), "--config", str(cfg), "--out", str(out), "--quiet"])
     monkeypatch.undo()
@@ -146,35 +113,10 @@ def test_resume_after_stop_is_bit_identical(tiny, full_run, tmp_path, monkeypatc
     assert a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
 
 
-KILLER = """
-import os, signal, sys
-import stvit.engine as E
-import stvit.train as T
-real = E.train_one_epoch
-def killing(step, model, opt, scaler, batches, steps, cfg, epoch, **kw):
-    if cfg.epochs == {ft} and cfg.lr == {lr} and epoch == 1:  # 2nd fine-tune epoch: die after two steps, mid-epoch
-        def gen(src=batches):
-            for i, b in enumerate(src):
-                if i == 2:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                yield b
-        batches = gen()
-    return real(step, model, opt, scaler, batches, steps, cfg, epoch, **kw)
-T.train_one_epoch = killing
-sys.exit(T.run_cli(T.main, sys.argv[1:]))
-"""
-
-
-def killer_script(path: Path, finetune: dict) -> Path:
-    """A stvit.train entry point that SIGKILLs its own process in the middle of the 2nd fine-tune epoch."""
-    path.write_text(KILLER.replace("{ft}", repr(finetune["epochs"])).replace("{lr}", repr(finetune["lr"])))
-    return path
-
-
 def test_resume_after_sigkill_mid_epoch_is_bit_identical(tiny, full_run, tmp_path):
     data, cfg = tiny
     out = tmp_path / "killed"
-    script = killer_script(tmp_path / "killer.py", TINY["finetune"])
+    script = killer_script(tmp_path / "killer.py", TINY_RUN["finetune"])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(script), "--data", str(data), "--config", str(cfg), "--out", str(out),
                            "--quiet"], env=env, capture_output=True, text=True, timeout=600)
@@ -189,12 +131,10 @@ def test_resume_after_sigkill_mid_epoch_is_bit_identical(tiny, full_run, tmp_pat
 def test_selection_never_touches_test_before_final_evaluation(tiny, tmp_path, monkeypatch):
     data, cfg = tiny
     events = []
-    real_log, real_test = T.Run.log_epoch, T.Run.test_split
-    monkeypatch.setattr(T.Run, "log_epoch", lambda self, r: (events.append(("epoch", r["stage"])),
-                                                            real_log(self, r))[1])
-    monkeypatch.setattr(T.Run, "test_split", lambda self: (events.append(("test", None)), real_test(self))[1])
-    monkeypatch.setattr(T.Run, "evaluate", lambda self, real=T.Run.evaluate: (events.append(("evaluate", None)),
-                                                                               real(self))[1])
+    real_log, real_test, real_evaluate = RunDir.log, FIT.Splits.test, T.evaluate
+    monkeypatch.setattr(RunDir, "log", lambda self, r: (events.append(("epoch", r["stage"])), real_log(self, r))[1])
+    monkeypatch.setattr(FIT.Splits, "test", lambda self: (events.append(("test", None)), real_test(self))[1])
+    monkeypatch.setattr(T, "evaluate", lambda *a: (events.append(("evaluate", None)), real_evaluate(*a))[1])
     assert run_main(["--data", str(data), "--config", str(cfg), "--out", str(tmp_path / "r"), "--quiet"]) == 0
     first_test = events.index(("test", None))
     assert events[first_test - 1] == ("evaluate", None)
@@ -206,7 +146,7 @@ def test_select_on_test_says_it_leaks(tiny, tmp_path, capsys):
     data, cfg = tiny
     out = tmp_path / "leaky"
     assert run_main(["--data", str(data), "--config", str(cfg), "--out", str(out), "--quiet", "--select-on-test",
-                     "--mae-epochs", "0", "--ft-epochs", "1"]) == 0
+                     "--pretrain-epochs", "0", "--ft-epochs", "1"]) == 0
     assert "leaks" in capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["selected_on"] == "test" and "leaks" in metrics["warning"]
@@ -243,9 +183,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny, full_run, tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch, capsys):
     data, cfg = tiny
-    import stvit.steps as S
-
-    real = S.mae_loss
+    real = stages.PRETRAIN.loss
     calls = {"n": 0}
 
     def poisoned(model, precision, x, noise=None):
@@ -253,7 +191,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, mo
         loss = real(model, precision, x, noise)
         return loss * float("nan") if calls["n"] > 6 else loss  # 6 steps = one epoch of 24 volumes / 4
 
-    monkeypatch.setattr(S, "mae_loss", poisoned)
+    monkeypatch.setattr(T, "PRETRAIN", dataclasses.replace(stages.PRETRAIN, loss=poisoned))
     out = tmp_path / "nan"
     assert run_main(["--data", str(data), "--config", str(cfg), "--out", str(out), "--quiet"]) == 3
     err = capsys.readouterr().err

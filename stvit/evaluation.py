@@ -1,0 +1,58 @@
+"""The one evaluation of the test split, with the checkpoint chosen during fine-tuning (`best.pt`).
+
+Writes predictions.npz (the probabilities behind every number), metrics.json (scikit-learn's counts: accuracy,
+ROC-AUC, confusion matrix, per-class precision/recall/F1, for test and validation) and the confusion matrix
+figure. The test split is read here and nowhere else (unless `--select-on-test`, which says it leaks).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import steps
+from .config import Config
+from .errors import UserError
+from .fit import LEAK_WARNING, Splits, predict_split
+from .model import SpatioTemporalClassifier
+from .precision import Precision
+from .rundir import RunDir
+
+
+def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, precision: Precision,
+             source: str) -> dict[str, Any]:
+    """Metrics of the best checkpoint on the test and validation splits (`source`: the data file); writes them
+    (rank 0)."""
+    if not run.has("best.pt"):
+        raise UserError("no checkpoints/best.pt to evaluate (run the finetune stage first)", run.path)
+    best = run.load("best.pt")
+    clf = SpatioTemporalClassifier(cfg.model).to(device)
+    clf.load_state_dict(best["model"])
+    fn = steps.build(steps.classifier_logits, clf, precision, compile=False, name="evaluation")
+    names = list(cfg.data.class_names)
+    v_probs, v_y, _, _ = predict_split(fn, clf, splits.val, cfg)
+    probs, y, idx, _ = predict_split(fn, clf, splits.test(), cfg)
+    from .metrics import classification_metrics  # scikit-learn, only when metrics are computed
+
+    metrics = {
+        "test": classification_metrics(y, probs, names),
+        "val": classification_metrics(v_y, v_probs, names),
+        "best_epoch": int(best["epoch"]),
+        "selected_on": best.get("selected_on", "val"),
+        "class_names": names,
+        "data": source,
+    }
+    if metrics["selected_on"] == "test":
+        metrics["warning"] = LEAK_WARNING
+    run.write_arrays("predictions.npz", test_probs=probs, test_labels=y, test_index=idx, val_probs=v_probs,
+                     val_labels=v_y, val_index=splits.index["val"])
+    run.write_json("metrics.json", metrics)
+
+    def draw(folder):
+        from .figures import plot_confusion  # matplotlib, only when figures are drawn
+
+        plot_confusion(metrics["test"]["confusion_matrix"], names, folder / "confusion_matrix.png",
+                       f"test, best epoch {metrics['best_epoch']}")
+
+    run.write_figure(draw)
+    return metrics

@@ -1,0 +1,144 @@
+"""A training stage as data, and the one setup that makes any stage ready to step.
+
+A `Stage` says what a stage is: its name, the model it trains, the forward + loss of its step, whether each step
+draws MAE masking noise, whether it is evaluated on the validation split after each epoch, and the checkpoint it
+leaves when it ends. `setup_stage` builds, for any stage, run config and device: the model, its AdamW, the
+GradScaler of the precision, the (compiled) step with the masking noise drawn outside the graph, the
+data-parallel wrapper under torchrun, and the evaluation function.
+
+The trainer (`stvit.fit`), the profiler (`stvit.profile`) and the benchmarks (`bench/`) all build their steps
+here, so what they time is what trains: the same graph, the same noise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from . import distributed as DIST
+from . import steps
+from .config import Config, ModelConfig, OptimConfig
+from .data.batches import shard_bounds
+from .engine import make_optimizer, param_groups
+from .model import MAE, SpatioTemporalClassifier
+from .precision import Precision
+from .rng import Stream, device_generator, stage_seed
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # "pretrain" or "finetune": the config section, the log's `stage`, the checkpoints' `stage`
+    build_model: Callable[[ModelConfig], nn.Module]
+    loss: Callable  # steps.mae_loss or steps.classifier_loss: (model, precision, x, noise | y) -> loss [, logits]
+    masks: bool  # each step draws MAE masking noise (`MaskNoise`)
+    evaluates: bool  # after each epoch: validation accuracy, best.pt by it
+    checkpoint: str | None  # written when the stage ends (the pre-trained MAE), None: nothing
+
+
+PRETRAIN = Stage("pretrain", MAE, steps.mae_loss, masks=True, evaluates=False, checkpoint="pretrain.pt")
+FINETUNE = Stage("finetune", SpatioTemporalClassifier, steps.classifier_loss, masks=False, evaluates=True,
+                 checkpoint=None)
+STAGES = {s.name: s for s in (PRETRAIN, FINETUNE)}
+
+
+class MaskNoise:
+    """The MAE masking noise of each step, drawn outside the compiled graph.
+
+    Each step draws the noise of the whole global batch (B * T slices, P patches) from a device generator seeded
+    by (stage seed, epoch) and keeps this rank's rows: one process and N processes mask every slice alike, and a
+    resumed epoch draws the same masks as an uninterrupted one."""
+
+    def __init__(self, cfg: Config, seed: int, device: torch.device, rank: int = 0, world: int = 1):
+        m, self.batch = cfg.model, cfg.train.batch_size
+        self.T, self.P = m.volume[0], m.num_patches
+        self.seed, self.device = seed, device
+        self.rows = tuple(v * self.T for v in shard_bounds(self.batch, rank, world))  # this rank's slices
+        self.generator: torch.Generator | None = None
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.generator = device_generator(self.seed, epoch, Stream.MASK, self.device)
+
+    def __call__(self) -> Tensor:
+        noise = torch.rand(self.batch * self.T, self.P, generator=self.generator, device=self.device)
+        return noise[self.rows[0]:self.rows[1]]  # (S, P) for this rank's S slices
+
+
+@dataclass
+class StageSetup:
+    """Everything it takes to step a stage: `step(x, y) -> (loss, logits or None)` is what the loop calls."""
+
+    stage: Stage
+    cfg: Config
+    device: torch.device
+    precision: Precision
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    train_fn: steps.Timed  # the (compiled) forward + loss
+    step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]]
+    eval_fn: steps.Timed | None  # (compiled) logits for evaluation, stages that evaluate
+    noise: MaskNoise | None
+    seed: int  # the stage's seed (`rng.stage_seed`): data order, flips and masks
+
+    @property
+    def optim(self) -> OptimConfig:
+        return self.cfg.optim(self.stage.name)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Call before each epoch's first step: the masking noise of the epoch."""
+        if self.noise is not None:
+            self.noise.begin_epoch(epoch)
+
+    def state_dicts(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    @property
+    def compile_seconds(self) -> float | None:
+        """Compile time of the first train step (forward and backward graphs) and of the first evaluation."""
+        parts = [self.train_fn.compile_seconds, self.train_fn.backward_compile_seconds,
+                 self.eval_fn.compile_seconds if self.eval_fn is not None else None]
+        return None if self.train_fn.compile_seconds is None else sum(p for p in parts if p is not None)
+
+
+def setup_stage(stage: Stage | str, cfg: Config, device: torch.device, *, precision: Precision | None = None,
+                init: Callable[[nn.Module], None] | None = None, resume: dict | None = None,
+                compile: bool | None = None, fused_adamw: bool = True) -> StageSetup:
+    """Build `stage` for `cfg` on `device`.
+
+    init: called on the new model before anything else sees it (the fine-tuning stage copies the pre-trained
+    encoder in). resume: a checkpoint of this stage (model, optimizer and scaler states are loaded; the RNG is
+    the caller's, restored last). compile: overrides `cfg.train.compile`. fused_adamw: False gives torch's
+    default AdamW (the profiler's seed-style baseline); True the fused one on CUDA.
+    """
+    stage = STAGES[stage] if isinstance(stage, str) else stage
+    precision = precision or Precision.resolve(cfg.train.precision, device)
+    compile = cfg.train.compile if compile is None else compile
+    optim = cfg.optim(stage.name)
+    model = stage.build_model(cfg.model).to(device)
+    if init is not None:
+        init(model)
+    if fused_adamw:
+        optimizer = make_optimizer(model, optim, device)
+    else:
+        optimizer = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas))
+    scaler = precision.grad_scaler()
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scaler.load_state_dict(resume["scaler"])
+    train_fn = steps.build(stage.loss, model, precision, compile=compile, name=f"{stage.name} train step")
+    parallel = DIST.data_parallel(train_fn, model)  # train_fn itself in one process
+    seed = stage_seed(cfg.train.seed, stage.name)
+    noise = None
+    if stage.masks:
+        noise = MaskNoise(cfg, seed, device, DIST.rank(), DIST.world_size())
+        step = lambda x, y: (parallel(x, noise()), None)  # noqa: E731
+    else:
+        step = parallel
+    eval_fn = None
+    if stage.evaluates:
+        eval_fn = steps.build(steps.classifier_logits, model, precision, compile=compile, name=f"{stage.name} eval")
+    return StageSetup(stage, cfg, device, precision, model, optimizer, scaler, train_fn, step, eval_fn, noise, seed)
