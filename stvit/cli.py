@@ -7,12 +7,13 @@ flags, each overriding the one before.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import Config, preset
+from .config import Config, ConfigError, preset
 from .errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -26,6 +27,28 @@ def resolve_device(name: str | None) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")
     return torch.device(name)
+
+
+def check_writable(path: Path | str, what: str = "directory") -> None:
+    """`path` (a directory to create or fill, or a file to write) can be written: it is not under a file, and its
+    first existing ancestor is a folder we may write into. UserError naming it otherwise."""
+    path = Path(path)
+    if path.exists():
+        if what == "directory" and not path.is_dir():
+            raise UserError("exists and is not a directory", path)
+        if what == "file" and path.is_dir():
+            raise UserError("is a directory; give a file name", path)
+        target = path if what == "directory" else path.parent
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise UserError("permission denied", path)
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot create it: {parent} is a file", path)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create it: permission denied in {parent}", path)
 
 
 def default_preset(device: torch.device) -> str:
@@ -48,18 +71,29 @@ def read_config_file(path: Path | str) -> dict[str, Any]:
     return values
 
 
-def load_config(preset_name: str | None, config_file: str | None, flags: dict[str, dict[str, Any]],
-                device: torch.device) -> Config:
-    """Preset (default for the device), then the config file, then `flags` ({section: {key: value}}; None values
-    are left out: an absent flag changes nothing)."""
+def nested(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{"train.batch_size": 8} -> {"train": {"batch_size": 8}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, v in values.items():
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = v
+    return out
+
+
+def load_config(preset_name: str | None, config_file: str | None, values: dict[str, Any], device: torch.device,
+                flag_names: dict[str, str] | None = None) -> Config:
+    """Preset (default for the device), then the config file, then `values` ({"section.key": value}, from the
+    flags). A bad value is a UserError naming the file and the key, or the flag (`flag_names`: key -> flag)."""
     cfg = preset(preset_name or default_preset(device))
     if config_file:
         try:
             cfg = cfg.override(read_config_file(config_file))
-        except (ValueError, TypeError) as e:
+        except ValueError as e:
             raise UserError(str(e), config_file) from None
-    given = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in flags.items()}
     try:
-        return cfg.override({k: v for k, v in given.items() if v})
-    except (ValueError, TypeError) as e:
+        return cfg.override(nested(values))
+    except ConfigError as e:
+        flag = (flag_names or {}).get(e.key)
+        raise UserError(f"{flag} {e.problem}" if flag else str(e)) from None
+    except ValueError as e:
         raise UserError(str(e)) from None

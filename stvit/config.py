@@ -3,6 +3,12 @@
 A `Config` is plain data (ints, floats, strings, tuples): it round-trips through JSON
 (`Config.to_dict` / `Config.from_dict`) and is stored as such in checkpoints and run directories.
 
+Every value is checked when a config is built: its type against the field's annotation when it comes from JSON
+(`from_dict`: a bool only from true/false, a number only from a number, a tuple of the right length; a string
+"3e-4" is not a number) and its range in each section's `check` (a batch of at least 1, a fraction in [0, 1),
+heads that divide the width, ...). A bad value raises `ConfigError` naming its key (`finetune.lr`), so the
+command line can say `error: cfg.json: finetune.lr must be a number, got "3e-4"` before anything runs.
+
 Presets (DESIGN.md sections 2-3):
 - `paper`: the seed's write-up (d 192, 4 spatial + 2 temporal blocks, 4 heads, pre-training 80 epochs,
   fine-tune 20).
@@ -17,7 +23,11 @@ posterior-anterior, axis 2 inferior-superior. The model reads axis 0 as a sequen
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +36,51 @@ log = logging.getLogger(__name__)
 PRESETS = ("paper", "notebook", "demo")
 STAGES = ("pretrain", "finetune")  # the training stages, in order; each has an OptimConfig section of its name
 LEGACY_SECTIONS = {"mae": "pretrain"}  # old name -> name; configs that use the old one still load
+KERNELS = ("eager", "fused")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("cosine", "step", "constant")
+POS_INITS = ("sincos", "normal")
+
+
+class ConfigError(ValueError):
+    """A config value of the wrong type or out of range; `key` is its dotted name (`finetune.lr`)."""
+
+    def __init__(self, key: str, problem: str):
+        self.key, self.problem = key, problem
+        super().__init__(f"{key} {problem}")
+
+    def within(self, section: str) -> "ConfigError":
+        """The same error with its section's name in front of the key."""
+        return ConfigError(f"{section}.{self.key}" if section else self.key, self.problem)
+
+
+def show_value(v: Any) -> str:
+    """A config value as the user wrote it in JSON (strings quoted, lists as lists)."""
+    return json.dumps(list(v) if isinstance(v, tuple) else v) if isinstance(v, (str, bool, tuple, list)) or v is None \
+        else repr(v)
+
+
+def _need(ok: bool, key: str, problem: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(key, f"{problem}, got {show_value(value)}")
+
+
+def at_least(obj, low: float, *keys: str) -> None:
+    for k in keys:
+        v = getattr(obj, k)
+        _need(v >= low, k, f"must be >= {low:g}", v)
+
+
+def in_range(obj, key: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> None:
+    v = getattr(obj, key)
+    ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    _need(ok, key, f"must be in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}", v)
+
+
+def one_of(obj, key: str, choices: tuple) -> None:
+    v = getattr(obj, key)
+    _need(v in choices, key, f"must be one of {', '.join(map(str, choices))}", v)
 
 
 @dataclass
@@ -54,9 +109,27 @@ class ModelConfig:
     kernels: str = "eager"  # "eager" (plain-torch reference ops) or "fused" (Triton kernels)
 
     def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Ranges and consistency (types are `from_dict`'s job); `ConfigError` naming the key."""
+        _need(all(v >= 1 for v in self.volume), "volume", "must be 3 sizes >= 1", list(self.volume))
         ph, pw = self.patch
         if ph < 1 or pw < 1 or ph > self.volume[1] or pw > self.volume[2]:
-            raise ValueError(f"model.patch {tuple(self.patch)} does not fit a {self.volume[1]}x{self.volume[2]} slice")
+            raise ConfigError("patch", f"{tuple(self.patch)} does not fit a {self.volume[1]}x{self.volume[2]} slice")
+        at_least(self, 1, "dim", "depth", "heads", "temporal_depth", "temporal_heads", "head_hidden", "decoder_dim",
+                 "decoder_depth", "decoder_heads")
+        at_least(self, 2, "num_classes")
+        for width, heads in (("dim", "heads"), ("dim", "temporal_heads"), ("decoder_dim", "decoder_heads")):
+            w, h = getattr(self, width), getattr(self, heads)
+            _need(w % h == 0, heads, f"must divide {width} {w}", h)
+        for k in ("mlp_ratio", "temporal_mlp_ratio", "decoder_mlp_ratio", "norm_eps", "init_std"):
+            _need(getattr(self, k) > 0, k, "must be > 0", getattr(self, k))
+        in_range(self, "dropout", 0, 1, high_open=True)
+        in_range(self, "mask_ratio", 0, 1, low_open=True, high_open=True)
+        _need(self.len_keep >= 1, "mask_ratio", f"leaves no visible patch of {self.num_patches}", self.mask_ratio)
+        one_of(self, "pos_init", POS_INITS)
+        one_of(self, "kernels", KERNELS)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -92,6 +165,26 @@ class DataConfig:
     synth_seed: int = 0
     max_train: int | None = None  # optional caps (demo preset, smoke runs)
     max_test: int | None = None
+    # voxels beyond +-max_abs are refused as a unit or scaling error (z-scored volumes hold a few units, raw scanner
+    # intensities tens of thousands); None: no bound
+    max_abs: float | None = 1e6
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        _need(len(self.class_names) >= 1 and all(self.class_names), "class_names", "must be non-empty names",
+              list(self.class_names))
+        in_range(self, "val_fraction", 0, 1, high_open=True)
+        in_range(self, "flip_fraction", 0, 1)
+        one_of(self, "flip_axis", (0, 1, 2))
+        at_least(self, 1, "synth_train", "synth_test")
+        at_least(self, 0, "synth_seed")
+        for k in ("max_train", "max_test"):
+            if getattr(self, k) is not None:
+                at_least(self, 1, k)
+        if self.max_abs is not None:
+            _need(self.max_abs > 0, "max_abs", "must be > 0 (or null: no bound)", self.max_abs)
 
 
 @dataclass
@@ -107,6 +200,19 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float | None = None
 
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        at_least(self, 0, "epochs", "warmup_epochs", "min_lr", "weight_decay")
+        _need(self.lr > 0, "lr", "must be > 0", self.lr)
+        one_of(self, "schedule", SCHEDULES)
+        at_least(self, 1, "step_size")
+        in_range(self, "gamma", 0, 1, low_open=True)
+        _need(all(0 <= b < 1 for b in self.betas), "betas", "must be two numbers in [0, 1)", list(self.betas))
+        if self.grad_clip is not None:
+            _need(self.grad_clip > 0, "grad_clip", "must be > 0 (or null: no clipping)", self.grad_clip)
+
 
 @dataclass
 class TrainConfig:
@@ -120,6 +226,15 @@ class TrainConfig:
     max_nonfinite_steps: int = 3
     log_every: int = 10
 
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        at_least(self, 1, "batch_size", "eval_batch_size", "max_nonfinite_steps", "log_every")
+        at_least(self, 0, "seed")
+        one_of(self, "device", DEVICES)
+        one_of(self, "precision", PRECISIONS)
+
 
 @dataclass
 class Config:
@@ -129,6 +244,9 @@ class Config:
     pretrain: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=80, lr=1.5e-4, warmup_epochs=10))
     finetune: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=20, lr=3e-5, warmup_epochs=0))
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        one_of(self, "preset", PRESETS)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -177,22 +295,53 @@ def _merge(base: dict, upd: dict, where: str) -> dict:
 
 
 def _from_dict(cls, d: dict[str, Any], where: str):
+    """An instance of dataclass `cls` from JSON-like `d`, every value checked against its field's type."""
+    section = where.rstrip(".")
     if not isinstance(d, dict):
-        raise ValueError(f"config section '{where.rstrip('.') or 'root'}' must be an object")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+        raise ConfigError(section or "config", f"must be an object of keys, got {show_value(d)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for k, v in d.items():
-        if k not in fields:
+        if k not in hints:
             raise ValueError(f"unknown config key '{where}{k}'")
-        ftype = fields[k].type
-        sub = {"ModelConfig": ModelConfig, "DataConfig": DataConfig, "OptimConfig": OptimConfig,
-               "TrainConfig": TrainConfig}.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
-        if sub is not None:
-            v = _from_dict(sub, v, f"{where}{k}.")
-        elif isinstance(v, list):
-            v = tuple(v)
-        kwargs[k] = v
-    return cls(**kwargs)
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            kwargs[k] = _from_dict(tp, v, f"{where}{k}.")
+        else:
+            kwargs[k] = _typed(v, tp, f"{where}{k}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise e.within(section) from None
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(section or "config", f"is incomplete ({e})") from None
+
+
+def _typed(v: Any, tp: Any, key: str) -> Any:
+    """`v` as a value of type `tp` (JSON lists become tuples); ConfigError when it is not one."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if v is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _typed(v, inner[0], key)
+    if tp is bool:
+        _need(isinstance(v, bool), key, "must be true or false", v)
+    elif tp is int:
+        _need(isinstance(v, int) and not isinstance(v, bool), key, "must be a whole number", v)
+    elif tp is float:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        _need(ok, key, "must be a number", v)
+        return float(v)
+    elif tp is str:
+        _need(isinstance(v, str), key, "must be a string", v)
+    elif origin is tuple:
+        _need(isinstance(v, (list, tuple)), key, "must be a list", v)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_typed(x, args[0], f"{key}[{i}]") for i, x in enumerate(v))
+        _need(len(v) == len(args), key, f"must be a list of {len(args)}", v)
+        return tuple(_typed(x, a, f"{key}[{i}]") for i, (x, a) in enumerate(zip(v, args)))
+    return v
 
 
 def preset(name: str) -> Config:

@@ -370,8 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         positive(name, v, lo)
     if args.interval <= 0:
         raise UserError(f"--interval must be > 0, got {args.interval}")
-    cfg = cli.load_config(args.preset, args.config, {"train": {"device": device.type, "batch_size": args.batch_size,
-                                                               "precision": args.precision}}, device)
+    given = {"train.device": device.type, "train.batch_size": args.batch_size, "train.precision": args.precision}
+    cfg = cli.load_config(args.preset, args.config, {k: v for k, v in given.items() if v is not None}, device,
+                          {"train.batch_size": "--batch-size", "train.precision": "--precision"})
     base = VARIANTS[args.variant]
     variant = Variant(args.kernels or base.kernels, base.compile if args.compile is None else args.compile,
                       args.loader or base.loader, base.fused_adamw)

@@ -30,7 +30,7 @@ from . import cli
 from . import data as D
 from . import distributed as DIST
 from . import rng
-from .config import PRESETS, Config
+from .config import PRESETS, Config, show_value
 from .engine import NonFiniteLoss
 from .errors import UserError, run_cli
 from .evaluation import evaluate
@@ -38,7 +38,7 @@ from .fit import Splits, fit
 from .model import MAE, transfer_encoder
 from .precision import CHOICES as PRECISIONS
 from .precision import Precision
-from .rundir import RunDir
+from .rundir import STAGE_ORDER, RunDir, WriteError
 from .stages import FINETUNE, PRETRAIN, setup_stage
 
 log = logging.getLogger("stvit.train")
@@ -72,22 +72,30 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# the flags that set a config value: flag -> (argparse dest, config key)
+FLAGS = {"--data": ("data", "data.path"), "--class-names": ("class_names", "data.class_names"),
+         "--flip-axis": ("flip_axis", "data.flip_axis"), "--nan-to-zero": ("nan_to_zero", "data.nan_to_zero"),
+         "--pretrain-epochs": ("pretrain_epochs", "pretrain.epochs"), "--ft-epochs": ("ft_epochs", "finetune.epochs"),
+         "--kernels": ("kernels", "model.kernels"), "--batch-size": ("batch_size", "train.batch_size"),
+         "--seed": ("seed", "train.seed"), "--device": ("device", "train.device"),
+         "--compile": ("compile", "train.compile"), "--precision": ("precision", "train.precision"),
+         "--select-on-test": ("select_on_test", "train.select_on_test")}
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """{config key: value} of the flags given on the command line."""
+    out = {}
+    for dest, key in FLAGS.values():
+        v = getattr(args, dest)
+        if v is not None:
+            out[key] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
 def resolve_config(args: argparse.Namespace) -> Config:
     """Preset, then the JSON config file, then the flags (each overrides the one before); checked."""
-    flags = {
-        "data": {"path": args.data, "class_names": tuple(args.class_names) if args.class_names else None,
-                 "flip_axis": args.flip_axis, "nan_to_zero": args.nan_to_zero},
-        "pretrain": {"epochs": args.pretrain_epochs}, "finetune": {"epochs": args.ft_epochs},
-        "model": {"kernels": args.kernels},
-        "train": {"batch_size": args.batch_size, "seed": args.seed, "device": args.device, "compile": args.compile,
-                  "precision": args.precision, "select_on_test": args.select_on_test},
-    }
-    cfg = cli.load_config(args.preset, args.config, flags, cli.resolve_device(args.device))
-    for name, v in (("--pretrain-epochs", cfg.pretrain.epochs), ("--ft-epochs", cfg.finetune.epochs)):
-        if v < 0:
-            raise UserError(f"{name} must be >= 0, got {v}")
-    if cfg.train.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {cfg.train.batch_size}")
+    cfg = cli.load_config(args.preset, args.config, flag_values(args), cli.resolve_device(args.device),
+                          {key: flag for flag, (_, key) in FLAGS.items()})
     if len(cfg.data.class_names) != cfg.model.num_classes:
         raise UserError(f"--class-names: {len(cfg.data.class_names)} names for {cfg.model.num_classes} classes")
     return cfg
@@ -107,7 +115,7 @@ def load_data(cfg: Config) -> D.HCPData:
         dc = cfg.data
         path = D.builtin_dataset_path(dc.synth_train, dc.synth_test, dc.synth_seed)
     data = D.load_dataset(path, volume_shape=tuple(cfg.model.volume), num_classes=cfg.model.num_classes,
-                          nan_to_zero=cfg.data.nan_to_zero, zscore=cfg.data.zscore)
+                          nan_to_zero=cfg.data.nan_to_zero, zscore=cfg.data.zscore, max_abs=cfg.data.max_abs)
     caps = {"train": cfg.data.max_train, "test": cfg.data.max_test}
     for split, cap in caps.items():
         if cap is not None:
@@ -142,6 +150,60 @@ class Plan:
     split: dict[str, np.ndarray]
     resume: dict[str, Any] | None  # the checkpoint a --resume continues from
     stage: str
+    notes: list[str]  # what a continued run lengthens ("finetune.epochs 3 -> 5")
+    fingerprint: tuple  # the run directory's state when planned (`RunDir.fingerprint`)
+
+
+FREE = ("train.device", "train.compile", "train.log_every")  # how a run computes, not what it is
+LENGTHS = {"pretrain.epochs": "pretrain", "finetune.epochs": "finetune"}  # a resumed run may get longer
+
+
+def flatten(d: dict, where: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{where}{k}."))
+        else:
+            out[f"{where}{k}"] = v
+    return out
+
+
+def requested(args: argparse.Namespace, cfg: Config, where: Path) -> tuple[Config, dict[str, tuple[Any, Any, str]]]:
+    """An existing run's `cfg` with what the command line asks for (`--preset`, `--config`, flags) applied, and
+    the changes: key -> (run's value, asked value, what asked for it)."""
+    said, by = {}, {}
+    if args.config:
+        for key, v in flatten(cli.read_config_file(args.config)).items():
+            said[key], by[key] = v, f"{key} in {args.config}"
+    given = flag_values(args)
+    flag_of = {key: flag for flag, (_, key) in FLAGS.items()}
+    for key, v in given.items():
+        said[key], by[key] = v, flag_of[key]
+    try:
+        wanted = cfg.override(cli.nested(said)) if said else cfg
+    except ValueError as e:
+        raise UserError(str(e), args.config or where) from None
+    old, new = flatten(cfg.to_dict()), flatten(wanted.to_dict())
+    changes = {k: (old[k], new[k], by.get(k, k)) for k in new if new[k] != old[k]}
+    if args.preset and args.preset != cfg.preset:
+        changes["preset"] = (cfg.preset, args.preset, "--preset")
+    return wanted, changes
+
+
+def allow(changes: dict[str, tuple[Any, Any, str]], where: Path, *, may_change=(), may_lengthen=()) -> list[str]:
+    """Refuse a change that would make the run another run, naming what asked for it; returns the lengthenings."""
+    notes = []
+    for key, (old, new, by) in changes.items():
+        if key in FREE or any(key == m or key.startswith(m + ".") for m in may_change):
+            continue
+        if key in may_lengthen and new > old:
+            notes.append(f"{key} {old} -> {new}")
+            continue
+        why = "would shorten it" if key in LENGTHS and new < old else "would make it another run"
+        raise UserError(f"{by}: {show_value(new)} differs from this run's {show_value(old)}; continuing a run with it {why} "
+                        "(start a new run with --out)", where)
+    return notes
 
 
 def plan_resume(args: argparse.Namespace) -> Plan:
@@ -150,25 +212,36 @@ def plan_resume(args: argparse.Namespace) -> Plan:
         raise UserError("not a run directory to resume (needs config.json and checkpoints/last.pt)", run.path)
     resume = run.load("last.pt")
     cfg = Config.from_dict(resume["config"])
+    cfg, changes = requested(args, cfg, run.path)
+    stage_left = [s for s in LENGTHS.values() if STAGE_ORDER[s] >= STAGE_ORDER[resume["stage"]]]
+    notes = allow(changes, run.path, may_lengthen=[k for k, s in LENGTHS.items() if s in stage_left])
     data = load_data(cfg)
-    return Plan(cfg, run.path, data, {k: v.numpy() for k, v in resume["split"].items()}, resume, args.stage)
+    split = {k: v.numpy() for k, v in resume["split"].items()}
+    return Plan(cfg, run.path, data, split, resume, args.stage, notes, run.fingerprint())
 
 
 def plan_new(args: argparse.Namespace) -> Plan:
     cfg = resolve_config(args)
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.preset}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    if out.exists() and not out.is_dir():
-        raise UserError("exists and is not a directory", out)
-    run = RunDir(out)
+    cli.check_writable(out, "directory")
+    run, notes = RunDir(out), []
     if not run.is_empty():
-        later = (args.stage == "finetune" and run.has("pretrain.pt") and not run.has("best.pt")) or \
-                (args.stage == "evaluate" and run.has("best.pt"))
-        if not later:
+        if args.stage == "finetune" and run.has("pretrain.pt") and not run.has("best.pt"):
+            need, may_change = "pretrain.pt", ("finetune", "train.eval_batch_size", "train.select_on_test")
+        elif args.stage == "evaluate" and run.has("best.pt"):
+            need, may_change = "best.pt", ("train.eval_batch_size",)
+        else:
             raise UserError("run directory exists and is not empty; choose another --out, or --resume it", out)
+        run.load(need)  # a truncated or foreign checkpoint stops here, before anything is written
         if (out / "config.json").exists():  # later stages of an earlier run keep that run's config
-            cfg = Config.from_dict(cli.read_config_file(out / "config.json"))
+            try:
+                earlier = Config.from_dict(cli.read_config_file(out / "config.json"))
+            except ValueError as e:
+                raise UserError(str(e), out / "config.json") from None
+            cfg, changes = requested(args, earlier, out)
+            notes = allow(changes, out, may_change=may_change)
     data = load_data(cfg)
-    return Plan(cfg, out, data, make_split(cfg, data), None, args.stage)
+    return Plan(cfg, out, data, make_split(cfg, data), None, args.stage, notes, run.fingerprint())
 
 
 def plan_run(args: argparse.Namespace) -> Plan:
@@ -217,8 +290,25 @@ def run_stages(plan: Plan, run: RunDir, splits: Splits, device, precision: Preci
     return None
 
 
+def claim(plan: Plan, run: RunDir) -> None:
+    """Lock the run directory (rank 0) and check it is still as planned: another process may have started a run
+    there, or finished one, between the plan and the lock."""
+    if not run.main:
+        return
+    run.lock()
+    if run.fingerprint() != plan.fingerprint:
+        run.close()
+        raise UserError("the run directory changed while this run was starting (another stvit process?); "
+                        "nothing was written", run.path)
+
+
 def start_run_dir(plan: Plan, run: RunDir) -> None:
-    """A new run writes its config and split; a resumed one drops log lines past its checkpoint."""
+    """A new run writes its config and split; a resumed one drops log lines past its checkpoint; a lengthened
+    one keeps its new length in config.json and says so in the log."""
+    if plan.notes:
+        run.note("note: continuing the run " + ", ".join(plan.notes))
+        run.annotate_next("extended", ", ".join(plan.notes))
+        run.write_json("config.json", plan.cfg.to_dict())
     if plan.resume is not None:
         run.truncate_log(plan.resume["stage"], plan.resume["epoch"])
     elif run.main and not (run.path / "config.json").exists():
@@ -245,41 +335,59 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     main_rank = DIST.is_main()
     logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")
-    error, plan = None, None
+    error, plan, run = None, None, None
     try:
         plan = plan_run(args)
+        run = RunDir(plan.run_dir, echo=main_rank)
+        claim(plan, run)
     except UserError as e:
         error = e
-    DIST.agree(error)  # every rank checked the input before rank 0 touches the run directory
+    DIST.agree(error)  # every rank checked the input (rank 0 holds the lock) before rank 0 writes anything
+    try:
+        return _run(args, plan, run)
+    finally:
+        run.close()
+
+
+def _run(args: argparse.Namespace, plan: Plan, run: RunDir) -> int:
+    """The run, after every check: exit code 0, 3 (a non-finite loss stopped it) or 4 (a write failed)."""
+    say = print if run.main else (lambda *a, **k: None)
+    try:
+        start_run_dir(plan, run)
+        return _train(args, plan, run, say)
+    except NonFiniteLoss as e:
+        last = run.checkpoint("last.pt")
+        kept = f"; last good checkpoint: {last}" if last.exists() else ""
+        say(f"error: training stopped: {e}{kept}", file=sys.stderr)
+        return 3
+    except WriteError as e:
+        last = run.checkpoint("last.pt")
+        then = (f"the last good checkpoint {last} is intact: make room and continue with "
+                f"python -m stvit.train --resume {run.path}") if last.is_file() else "no checkpoint was written yet"
+        say(f"error: {e}; {then}", file=sys.stderr)
+        return 4
+
+
+def _train(args: argparse.Namespace, plan: Plan, run: RunDir, say) -> int:
     cfg = plan.cfg
-    run = RunDir(plan.run_dir)
-    start_run_dir(plan, run)
     rng.seed_everything(DIST.rank_seed(cfg.train.seed, DIST.rank()))
     device = DIST.local_device(cli.resolve_device(cfg.train.device))
     precision = Precision.resolve(cfg.train.precision, device)
     splits = Splits.build(plan.data, plan.split, device, precision.storage_dtype)
-    quiet = args.quiet or not sys.stderr.isatty() or not main_rank
-    say = print if main_rank else (lambda *a, **k: None)
+    quiet = args.quiet or not sys.stderr.isatty() or not run.main
     world = DIST.world_size()
     procs = f", {world} processes of {cfg.train.batch_size // world} volumes" if world > 1 else ""
     say(f"run directory: {run.path}  (preset {cfg.preset}, device {device}{procs}, precision {precision.name}, "
         f"kernels {cfg.model.kernels}, compile {cfg.train.compile}; data {plan.data.source}: "
         f"{len(splits.train)} train / {len(splits.val)} val / {len(plan.data.y_test)} test volumes)", flush=True)
     t0 = time.perf_counter()
-    try:
-        m = run_stages(plan, run, splits, device, precision, quiet)
-    except NonFiniteLoss as e:
-        last = run.checkpoint("last.pt")
-        kept = f"; last good checkpoint: {last}" if last.exists() else ""
-        say(f"error: training stopped: {e}{kept}", file=sys.stderr)
-        return 3
-    finally:
-        run.close()
+    m = run_stages(plan, run, splits, device, precision, quiet)
     if m is not None:
         t = m["test"]
         auc = "n/a" if t["roc_auc"] is None else f"{t['roc_auc']:.3f}"
-        say(f"test: accuracy {t['accuracy']:.3f}, ROC-AUC {auc} on {t['n']} volumes (best epoch {m['best_epoch']} by "
-            f"{m['selected_on']} accuracy; val accuracy {m['val']['accuracy']:.3f}); total "
+        lost = f", {t['n_nonfinite']} without a finite prediction" if t.get("n_nonfinite") else ""
+        say(f"test: accuracy {t['accuracy']:.3f}, ROC-AUC {auc} on {t['n']} volumes{lost} (best epoch "
+            f"{m['best_epoch']} by {m['selected_on']} accuracy; val accuracy {m['val']['accuracy']:.3f}); total "
             f"{time.perf_counter() - t0:.0f} s; {run.path / 'metrics.json'}")
     return 0
 
