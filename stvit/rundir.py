@@ -11,7 +11,10 @@ reads a checkpoint before it is complete.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +26,24 @@ from . import distributed as DIST
 from .errors import UserError
 
 STAGE_ORDER = {"pretrain": 0, "finetune": 1}
+
+
+class WriteError(Exception):
+    """A file of the run directory could not be written (a full disk, a quota, a read-only file system). The
+    atomic writes leave the previous version of the file intact, so the run can continue with --resume."""
+
+    def __init__(self, path: Path, err: OSError):
+        self.path, self.reason = Path(path), err.strerror or str(err)
+        super().__init__(f"{self.path}: cannot write ({self.reason})")
+
+
+@contextlib.contextmanager
+def writing(path: Path):
+    """Turn an OSError while writing `path` into a WriteError naming it."""
+    try:
+        yield
+    except OSError as e:
+        raise WriteError(path, e) from None
 LEGACY_CHECKPOINTS = {"pretrain.pt": "mae.pt"}  # the name older runs wrote
 
 
@@ -34,6 +55,8 @@ class RunDir:
         self.main = DIST.is_main() if main is None else main
         self.echo = echo  # print each epoch's record
         self._tb = None
+        self._lock: int | None = None  # the file descriptor holding the lock
+        self._annotations: dict[str, Any] = {}  # added to the next logged record
 
     # ---- paths ---------------------------------------------------------------------------------------------------
     @property
@@ -54,34 +77,66 @@ class RunDir:
     def is_empty(self) -> bool:
         return not self.path.exists() or not any(self.path.iterdir())
 
+    def fingerprint(self) -> tuple:
+        """What the directory holds now (names, sizes, modification times): equal fingerprints, same state."""
+        if not self.path.exists():
+            return ()
+        return tuple(sorted((str(p.relative_to(self.path)), p.stat().st_size, p.stat().st_mtime_ns)
+                            for p in self.path.rglob("*") if p.is_file()))
+
+    # ---- the lock ------------------------------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold an exclusive lock on the directory (flock on the directory itself: no lock file) until `close` or
+        the end of the process, however it ends: the kernel releases it, so a killed run leaves nothing stuck.
+        A second process on the same directory, to start, resume or evaluate, is refused."""
+        if not self.main or self._lock is not None:
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as e:
+            raise UserError(f"cannot create or open the run directory ({e.strerror})", self.path) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise UserError("another stvit process is using this run directory; wait for it to end, or choose "
+                            "another --out", self.path) from None
+        self._lock = fd
+
     # ---- writes --------------------------------------------------------------------------------------------------
     def write_json(self, name: str, obj: Any) -> None:
         """<name> as indented JSON, atomically."""
         if self.main:
             text = json.dumps(obj, indent=2) + "\n"
-            ckpt.atomic_write_bytes(self.path / name, lambda f: f.write(text.encode()))
+            with writing(self.path / name):
+                ckpt.atomic_write_bytes(self.path / name, lambda f: f.write(text.encode()))
 
     def write_arrays(self, name: str, **arrays: np.ndarray) -> None:
         """<name> as an .npz of `arrays`, atomically."""
         if self.main:
-            ckpt.atomic_write_bytes(self.path / name, lambda f: np.savez(f, **arrays))
+            with writing(self.path / name):
+                ckpt.atomic_write_bytes(self.path / name, lambda f: np.savez(f, **arrays))
 
     def write_split(self, split: dict[str, np.ndarray], *, ids, seed: int, fraction: float) -> None:
         """split.json: the train/validation positions (and the validation subjects)."""
         if self.main:
             from .data import save_split
 
-            save_split(self.path, split["train"], split["val"], ids=ids, seed=seed, fraction=fraction)
+            with writing(self.path / "split.json"):
+                save_split(self.path, split["train"], split["val"], ids=ids, seed=seed, fraction=fraction)
 
     def write_figure(self, draw: Callable[[Path], Any]) -> None:
         """`draw(figures_folder)`: figures are drawn by rank 0 only."""
         if self.main:
-            draw(self.path / "figures")
+            with writing(self.path / "figures"):
+                draw(self.path / "figures")
 
     def save(self, name: str, state: dict[str, Any]) -> None:
         """checkpoints/<name>, atomically by rank 0; every rank waits until the file is complete."""
         if self.main:
-            ckpt.save(self.checkpoints / name, state)
+            with writing(self.checkpoints / name):
+                ckpt.save(self.checkpoints / name, state)
         DIST.barrier()
 
     def load(self, name: str) -> dict[str, Any]:
@@ -102,11 +157,16 @@ class RunDir:
     def records(self) -> list[dict]:
         return read_log(self.log_path)
 
+    def annotate_next(self, key: str, value: Any) -> None:
+        """Add `key` to the next epoch's record (e.g. that a resumed run was lengthened)."""
+        self._annotations[key] = value
+
     def log(self, record: dict[str, Any]) -> None:
         """One epoch: a line of log.jsonl, TensorBoard scalars, and the record on stdout."""
         if not self.main:
             return
-        with open(self.log_path, "a") as f:
+        record, self._annotations = {**record, **self._annotations}, {}
+        with writing(self.log_path), open(self.log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         tb = self._tensorboard()
         if tb is not None:
@@ -124,7 +184,8 @@ class RunDir:
             return
         keep = [r for r in self.records() if (STAGE_ORDER[r["stage"]], r["epoch"]) <= (STAGE_ORDER[stage], epoch)]
         text = "".join(json.dumps(r) + "\n" for r in keep)
-        ckpt.atomic_write_bytes(self.log_path, lambda f: f.write(text.encode()))
+        with writing(self.log_path):
+            ckpt.atomic_write_bytes(self.log_path, lambda f: f.write(text.encode()))
 
     def note(self, message: str) -> None:
         """A line for the user on stderr (rank 0)."""
@@ -142,12 +203,24 @@ class RunDir:
         return self._tb or None
 
     def close(self) -> None:
+        """Flush TensorBoard and release the lock."""
         if self._tb:
             self._tb.close()
         self._tb = None
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
 
 def read_log(path: Path) -> list[dict]:
+    """The records of log.jsonl; a torn last line (the disk filled up while it was appended) is left out."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines[:-1]]
+    if lines:
+        try:
+            records.append(json.loads(lines[-1]))
+        except json.JSONDecodeError:
+            pass
+    return records
