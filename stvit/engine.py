@@ -61,13 +61,33 @@ def lr_at(cfg: OptimConfig, epoch: float) -> float:
     raise ValueError(f"unknown schedule '{cfg.schedule}'")
 
 
+def guarded_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, finite: Tensor) -> None:
+    """`optimizer.step()`, skipped when the loss is not finite, in every precision, without a host sync where the
+    optimizer allows it:
+    - fp16: the GradScaler skips steps whose gradients hold inf/NaN (a NaN loss gives NaN gradients);
+    - a fused AdamW (CUDA): its kernel takes a `found_inf` flag on the device and leaves weights, moments and
+      step count untouched when it is set (how GradScaler drives it);
+    - any other optimizer: the flag is read on the host (free on a CPU)."""
+    if scaler.is_enabled():
+        scaler.step(optimizer)
+    elif getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer.grad_scale, optimizer.found_inf = None, (~finite).float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale, optimizer.found_inf
+    elif bool(finite):
+        optimizer.step()
+
+
 @dataclass
 class EpochStats:
-    loss: float
+    loss: float  # mean over the steps whose loss was finite
     acc: float | None
     samples: int
     seconds: float
     lr: float
+    skipped: int = 0  # steps not taken: non-finite loss
 
     @property
     def samples_per_s(self) -> float:
@@ -87,12 +107,14 @@ def train_one_epoch(step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None
     check_every = 1 if device.type == "cpu" else max(1, log_every)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     loss_sum = torch.zeros((), device=device)
+    counted = torch.zeros((), device=device, dtype=torch.long)  # steps with a finite loss
     correct = torch.zeros((), device=device, dtype=torch.long)
     bad_run = torch.zeros((), device=device, dtype=torch.long)  # consecutive non-finite losses
     n = 0
     lr = cfg.lr
     t0 = time.perf_counter()
     bar = tqdm(total=steps, desc=desc, disable=quiet, leave=False, dynamic_ncols=True)
+    i, logits = -1, None
     for i, (x, y, _) in enumerate(batches):
         if i >= steps:
             break
@@ -108,12 +130,10 @@ def train_one_epoch(step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None
         loss = DIST.mean(loss.detach())  # the global batch's loss (equal shards); itself in one process
         finite = torch.isfinite(loss)
         bad_run = torch.where(finite, 0, bad_run + 1)
-        if device.type == "cpu" and not bool(finite):
-            optimizer.zero_grad(set_to_none=True)  # never step on a non-finite loss where checking is free
-        else:
-            scaler.step(optimizer)
+        guarded_step(optimizer, scaler, finite)  # a non-finite loss never reaches the weights
         scaler.update()
         loss_sum += torch.where(finite, loss.float(), 0.0)
+        counted += finite
         if logits is not None:
             correct += (logits.detach().argmax(1) == y).sum()
         n += x.shape[0]
@@ -122,20 +142,21 @@ def train_one_epoch(step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None
                 raise NonFiniteLoss(f"loss is not finite for {int(bad_run)} consecutive steps "
                                     f"(epoch {epoch + 1}, step {i + 1})")
         if not quiet and ((i + 1) % log_every == 0 or i + 1 == steps):
-            bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{loss_sum.item() / max(counted.item(), 1):.4f}", lr=f"{lr:.2e}")
         bar.update(1)
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
-    done = max(min(steps, i + 1 if steps else 0), 1)
-    mean_loss = loss_sum.item() / done
+    done = min(steps, i + 1)
+    good = int(counted.item())
+    mean_loss = loss_sum.item() / good if good else float("nan")
     if DIST.is_distributed():
         correct, n = DIST.total(correct), n * DIST.world_size()  # training shards are all equal
     if not math.isfinite(mean_loss):
-        raise NonFiniteLoss(f"epoch {epoch + 1} ended with a non-finite mean loss")
+        raise NonFiniteLoss(f"no step of epoch {epoch + 1} had a finite loss")
     acc = correct.item() / max(n, 1) if n and logits is not None else None
-    return EpochStats(loss=mean_loss, acc=acc, samples=n, seconds=seconds, lr=lr)
+    return EpochStats(loss=mean_loss, acc=acc, samples=n, seconds=seconds, lr=lr, skipped=done - good)
 
 
 @torch.no_grad()

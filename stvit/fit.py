@@ -107,7 +107,8 @@ def fit(setup: StageSetup, run: RunDir, splits: Splits, resume: dict[str, Any] |
                                        desc=f"{stage.name} {epoch + 1}/{optim.epochs}", quiet=quiet)
         record = {"stage": stage.name, "epoch": epoch + 1}
         record.update({"train_loss": stats.loss, "train_acc": stats.acc} if stage.evaluates else {"loss": stats.loss})
-        record.update(lr=stats.lr, samples_per_s=stats.samples_per_s, seconds=stats.seconds)
+        record.update(lr=stats.lr, samples_per_s=stats.samples_per_s, seconds=stats.seconds,
+                      skipped_steps=stats.skipped)
         if stage.evaluates:
             record.update(validate(setup, splits, test=t.select_on_test))
         if epoch == start and t.compile:
