@@ -14,8 +14,16 @@ from typing import Any
 import torch
 
 
+def usual_mode(path) -> None:
+    """Give a file made by `tempfile.mkstemp` (mode 0600) the mode any new file gets here (0666 minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def atomic_write_bytes(path: Path, write) -> None:
-    """Write a file through `write(fileobj)` to a temp file beside `path`, fsync, then os.replace."""
+    """Write a file through `write(fileobj)` to a temp file beside `path`, fsync, then os.replace (with the usual
+    file mode, not mkstemp's private one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -24,6 +32,7 @@ def atomic_write_bytes(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        usual_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

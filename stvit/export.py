@@ -35,6 +35,7 @@ from torch import Tensor
 
 from . import checkpoint as ckpt
 from .config import Config
+from .cli import check_writable
 from .errors import UserError, run_cli
 from .model import SpatioTemporalClassifier
 
@@ -139,9 +140,7 @@ def export(model: Deployed, meta: dict[str, str], out: Path, device: torch.devic
     try:
         torch._inductor.aoti_compile_and_package(ep, package_path=tmp,
                                                  inductor_configs={"aot_inductor.metadata": meta})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it a normal file's mode
+        ckpt.usual_mode(tmp)  # mkstemp made it private
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -160,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here")
     out: Path = args.out
-    if out.exists() and out.is_dir():
-        raise UserError("is a directory; give the package file name (model.pt2)", out)
+    check_writable(out, "file")
     model, cfg, state = load_classifier(args.checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import run_cli
-from .dataset import SPLITS, DataError, HCPData, fmt_shape
+from .dataset import MAX_ABS, SPLITS, DataError, HCPData, fmt_shape
 from .files import FORMATS, describe, format_for, load_dataset
 from .synth import write_synthetic
 
@@ -42,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--nan-to-zero", action="store_true", help="repair NaN/Inf voxels instead of refusing them")
     i.add_argument("--volume-shape", type=_positive, nargs=3, default=(53, 63, 46), metavar=("X", "Y", "Z"))
     i.add_argument("--num-classes", type=_positive, default=2)
+    i.add_argument("--max-abs", type=float, default=MAX_ABS,
+                   help="refuse voxels beyond +-this (a unit or scaling error); z-scored data holds a few units")
     s = sub.add_parser("synth", help="write a synthetic HCP-like set in the real layout")
     s.add_argument("--out", required=True, help="output file (.mat, .npz, .h5), or a folder for --format nifti")
     s.add_argument("--n-train", type=_positive, default=480, help="train volumes (the course file has 3200)")
@@ -69,7 +71,7 @@ def inspect(args) -> int:
     for name, info in variables.items():
         print(f"  {name:<{width}}  {fmt_shape(info.shape):<22} {info.dtype}")
     data = load_dataset(path, volume_shape=tuple(args.volume_shape), num_classes=args.num_classes,
-                        nan_to_zero=args.nan_to_zero)
+                        nan_to_zero=args.nan_to_zero, max_abs=args.max_abs)
     for line in summary(data):
         print(line)
     print("valid")

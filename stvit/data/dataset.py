@@ -80,6 +80,10 @@ def fmt_shape(shape: tuple[int, ...]) -> str:
 def check_volumes_shape(name: str, shape: tuple[int, ...], volume_shape: tuple[int, ...], path) -> int:
     """Rank and volume shape of an `X_*` variable, before any data is read; returns N."""
     want = "x".join(map(str, volume_shape))
+    if len(shape) == 1 + len(volume_shape) and tuple(shape[:-1]) == tuple(volume_shape):
+        raise DataError(f"{name} is {fmt_shape(shape)}: volumes stacked along the last axis (MATLAB's X(:,:,:,n) "
+                        f"layout?); store them first, as N x {fmt_shape(volume_shape)} (MATLAB: permute(X, [4 1 2 3]))",
+                        path)
     if len(shape) != 1 + len(volume_shape):
         raise DataError(f"{name} has rank {len(shape)} ({fmt_shape(shape)}), expected rank {1 + len(volume_shape)}: "
                         f"N volumes of {want}", path)
@@ -111,6 +115,8 @@ def as_labels(a, name: str, num_classes: int, path) -> np.ndarray:
         hint = ""
         if y.min() >= 1 and y.max() == num_classes:
             hint = " (1-based labels? subtract 1)"
+        elif num_classes == 2 and set(np.unique(y).tolist()) == {-1, 1}:
+            hint = " (labels -1/1? map -1 to 0: y = (y + 1) / 2)"
         raise DataError(f"{name} has labels outside the class set {{{', '.join(map(str, range(num_classes)))}}}: "
                         f"{found} ({int(outside.sum())} volumes){hint}", path)
     return y
@@ -151,25 +157,41 @@ def check_counts(split: str, n: int, y: np.ndarray, ids: np.ndarray | None, path
         raise DataError(f"{xk} has {n} volumes but {ik} has {len(ids)} ids", path)
 
 
-def check_finite(X: np.ndarray, name: str, path, nan_to_zero: bool) -> int:
-    """Refuse NaN/Inf voxels (or, with `nan_to_zero`, set them to 0 in place); returns how many were repaired."""
+MAX_ABS = 1e6  # default bound on |voxel|: z-scored volumes hold a few units, raw scanner intensities ~1e4
+
+
+def check_values(X: np.ndarray, name: str, path, nan_to_zero: bool, max_abs: float | None = MAX_ABS) -> int:
+    """Refuse NaN/Inf voxels (or, with `nan_to_zero`, set them to 0 in place) and finite voxels beyond
+    +-`max_abs` (a unit or scaling error: 1e30 trains into skipped steps and NaN predictions); returns how many
+    voxels were repaired. Chunk by chunk: temporaries stay small."""
     bad_total, bad_volumes, first = 0, 0, None
+    big_volumes, big_first, biggest = 0, None, 0.0
     for s in range(0, len(X), CHUNK_VOLUMES):
         chunk = X[s:s + CHUNK_VOLUMES]
-        bad = np.isfinite(chunk)
-        if bad.all():
-            continue
-        np.logical_not(bad, out=bad)
-        per = bad.reshape(len(chunk), -1).sum(1)
-        bad_total += int(per.sum())
-        bad_volumes += int((per > 0).sum())
-        if first is None:
-            first = s + int(np.flatnonzero(per)[0])
-        if nan_to_zero:
-            chunk[bad] = 0
+        finite = np.isfinite(chunk)
+        if not finite.all():
+            bad = ~finite
+            per = bad.reshape(len(chunk), -1).sum(1)
+            bad_total += int(per.sum())
+            bad_volumes += int((per > 0).sum())
+            if first is None:
+                first = s + int(np.flatnonzero(per)[0])
+            if nan_to_zero:
+                chunk[bad] = 0
+        if max_abs is not None:
+            peak = np.abs(np.where(finite, chunk, 0)).reshape(len(chunk), -1).max(1)
+            over = np.flatnonzero(peak > max_abs)
+            if len(over):
+                big_volumes += len(over)
+                big_first = s + int(over[0]) if big_first is None else big_first
+                biggest = max(biggest, float(peak.max()))
     if bad_total and not nan_to_zero:
         raise DataError(f"{name} has {bad_total:,} NaN/Inf voxels in {bad_volumes} volumes (first: volume {first}); "
                         "--nan-to-zero (nan_to_zero=True) sets them to 0", path)
+    if big_volumes:
+        raise DataError(f"{name} has {big_volumes} volume(s) with voxels beyond +-{max_abs:g} (largest |value| "
+                        f"{biggest:.3g}; first: volume {big_first}): a unit or scaling error? z-scored volumes hold "
+                        "values of a few units; data.max_abs raises the bound", path)
     return bad_total
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from . import mat73, matv5, nifti, npz
-from .dataset import (SPLITS, VOLUME_SHAPE, DataError, HCPData, VarInfo, as_ids, as_labels, check_counts,
-                      check_finite, check_volumes_shape, keys, zscore_volumes)
+from .dataset import (MAX_ABS, SPLITS, VOLUME_SHAPE, DataError, HCPData, VarInfo, as_ids, as_labels, check_counts,
+                      check_values, check_volumes_shape, keys, zscore_volumes)
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -57,12 +57,13 @@ def open_source(path: Path):
 
 
 def load_dataset(path, *, volume_shape=VOLUME_SHAPE, num_classes: int = 2, nan_to_zero: bool = False,
-                 zscore: bool = False, dtype=np.float32, class_names=None) -> HCPData:
+                 zscore: bool = False, dtype=np.float32, class_names=None, max_abs: float | None = MAX_ABS) -> HCPData:
     """Read and check a data file (MAT v5/v7/v7.3, HDF5, .npz) or a NIfTI folder / CSV.
 
     Returns volumes (N, *volume_shape) in `dtype`, labels (N,) int64, ids (N,) str or None. Raises
     `DataError("<path>: <problem>")` for anything wrong with the input. `nan_to_zero` repairs NaN/Inf voxels
-    (with a warning) instead of refusing them; `zscore` z-scores each volume over its non-zero voxels.
+    (with a warning) instead of refusing them; finite voxels beyond +-`max_abs` are refused (None: no bound);
+    `zscore` z-scores each volume over its non-zero voxels.
     `class_names` lets a NIfTI CSV give labels by name.
     """
     path = Path(path)
@@ -77,7 +78,7 @@ def load_dataset(path, *, volume_shape=VOLUME_SHAPE, num_classes: int = 2, nan_t
         with open_source(path) as src:
             splits = read_arrays(src, path, volume_shape, num_classes, dtype)
     for split, (X, y, ids) in splits.items():
-        repaired = check_finite(X, keys(split)[0], path, nan_to_zero)
+        repaired = check_values(X, keys(split)[0], path, nan_to_zero, max_abs)
         if repaired:
             warnings.warn(f"{path}: set {repaired:,} NaN/Inf voxels of {keys(split)[0]} to 0", stacklevel=2)
         if zscore:

@@ -83,7 +83,8 @@ def save_split(path, train_idx: np.ndarray, val_idx: np.ndarray, *, ids: np.ndar
     path = Path(path)
     if path.is_dir():
         path = path / SPLIT_FILE
-    record = {"fraction": fraction, "seed": seed, "grouped_by_subject": ids is not None,
+    grouped = ids is not None and len(np.unique(np.asarray(ids))) >= 2  # split_train_val's own test
+    record = {"fraction": fraction, "seed": seed, "grouped_by_subject": grouped,
               "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
               "val_subjects": sorted(set(np.asarray(ids)[val_idx].tolist())) if ids is not None else None,
               "train": np.asarray(train_idx).tolist(), "val": np.asarray(val_idx).tolist()}
