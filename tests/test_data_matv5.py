@@ -91,6 +91,18 @@ def test_matlab_char_and_cell_ids(tmp_path):
     assert list(load_dataset(path, volume_shape=SHAPE).ids_test) == list(a["ids_test"])
 
 
+def test_dims_as_uint32_and_names_as_utf8(tmp_path):
+    """Some writers other than MATLAB store the dimensions as uint32 and the name as UTF-8; scipy reads them."""
+    path = tmp_path / "other.mat"
+    scipy.io.savemat(path, arrays())
+    var = matv5.Mat5File(path).vars["y_test"]
+    b = bytearray(path.read_bytes())
+    b[var.offset + 16:var.offset + 20] = struct.pack("<I", matv5.MI_UINT32)  # the dimensions' tag
+    b[var.offset + 32:var.offset + 36] = struct.pack("<I", matv5.MI_UTF8)  # the name's tag ("y_test": 6 bytes)
+    path.write_bytes(bytes(b))
+    assert load_dataset(path, volume_shape=SHAPE).y_test.tolist() == scipy.io.loadmat(path)["y_test"].ravel().tolist()
+
+
 # --- the two damaged headers found by hand, and the command line -----------------------------------------------
 
 def _damaged(tmp_path: Path, case: str) -> Path:

@@ -123,12 +123,12 @@ def _parse_matrix(b: bytes, e: str, size: int | None = None, where: str = "a var
         mclass, flags = word & 0xFF, (word >> 8) & 0xFF
         dims: tuple[int, ...] = ()
         if mclass != MX_OPAQUE:  # a MATLAB object (string, table...) has no dimensions: its name comes next
-            t, n, at, pos = _tag(b, pos, e)
-            if t != MI_INT32 or n % 4 or n // 4 > MAX_DIMS or at + n > len(b):
+            t, n, at, pos = _tag(b, pos, e)  # int32; uint32 and UTF-8 names below from some other writers, as scipy
+            if t not in (MI_INT32, MI_UINT32) or n % 4 or n // 4 > MAX_DIMS or at + n > len(b):
                 raise MatFormatError("bad dimensions")
-            dims = struct.unpack_from(e + f"{n // 4}i", b, at)
+            dims = struct.unpack_from(e + f"{n // 4}{'i' if t == MI_INT32 else 'I'}", b, at)
         t, n, at, pos = _tag(b, pos, e)
-        if t not in (MI_INT8, MI_UINT8) or at + n > len(b):
+        if t not in (MI_INT8, MI_UINT8, MI_UTF8) or at + n > len(b):
             raise MatFormatError("bad variable name")
         name = b[at:at + n].decode("latin-1")
         if not name.isprintable():
