@@ -1,4 +1,5 @@
-// A small, checked reader for NumPy .npy files holding little-endian float32 in C order.
+// A small, checked reader for NumPy .npy files of float32 or float64, either byte order, C or Fortran order
+// (what `np.save` writes for an array from `scipy.io.loadmat`: float64, Fortran order), read as float32 in C order.
 //
 // Format (numpy.lib.format): the magic "\x93NUMPY", a major and a minor version byte, the header length
 // (uint16 little-endian for version 1.0, uint32 for 2.0 and 3.0), then the header: a Python dict literal such as
@@ -7,7 +8,11 @@
 // npy::Error whose message names the problem (the caller adds the file name).
 #pragma once
 
+#include <algorithm>
 #include <cctype>
+#include <cfloat>
+#include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
@@ -27,6 +32,8 @@ struct Header {
   bool fortran_order = false;
   std::vector<int64_t> shape;
   uint64_t data_offset = 0;      // bytes from the start of the file to the first element
+  int itemsize = 4;              // 4 (float32) or 8 (float64)
+  bool swap = false;             // big-endian data ('>'): bytes reversed on reading
 };
 
 inline std::string shape_str(const std::vector<int64_t>& shape) {
@@ -137,8 +144,8 @@ inline uint32_t le(const unsigned char* p, int n) {
 
 }  // namespace detail
 
-// Reads and checks the header; leaves `in` at the first data byte. Accepts versions 1.0, 2.0 and 3.0,
-// dtype '<f4' and C order only, and checks that the file holds exactly the data the shape needs.
+// Reads and checks the header; leaves `in` at the first data byte. Accepts versions 1.0, 2.0 and 3.0, dtypes
+// '<f4', '>f4', '<f8' and '>f8', C or Fortran order, and checks that the file holds exactly the data the shape needs.
 inline Header read_header(std::ifstream& in) {
   const uint16_t probe = 1;
   if (*reinterpret_cast<const unsigned char*>(&probe) != 1) throw Error("this reader needs a little-endian machine");
@@ -172,26 +179,108 @@ inline Header read_header(std::ifstream& in) {
   h.shape = get("shape", detail::DictParser::Value::Tuple).tuple;
   h.data_offset = 8 + len_bytes + hlen;
 
-  if (h.descr != "<f4") {
-    if (h.descr == ">f4") throw Error("dtype >f4 is big-endian float32; only little-endian <f4 is supported");
-    throw Error("dtype " + h.descr + " is not float32 (<f4)");
-  }
-  if (h.fortran_order) throw Error("array is in Fortran order; save it in C order (np.ascontiguousarray)");
+  if (!(h.descr.size() == 3 && (h.descr[0] == '<' || h.descr[0] == '>') && h.descr[1] == 'f' &&
+        (h.descr[2] == '4' || h.descr[2] == '8')))
+    throw Error("dtype " + h.descr + " is not float32 or float64 (<f4, <f8, >f4, >f8)");
+  h.itemsize = h.descr[2] - '0';
+  h.swap = h.descr[0] == '>';
 
   uint64_t count = 1;
   for (int64_t d : h.shape) {
-    if (d != 0 && count > (UINT64_MAX / 4) / static_cast<uint64_t>(d))
+    if (d != 0 && count > (UINT64_MAX / static_cast<uint64_t>(h.itemsize)) / static_cast<uint64_t>(d))
       throw Error("shape " + shape_str(h.shape) + " is too large");
     count *= static_cast<uint64_t>(d);
   }
   in.seekg(0, std::ios::end);
   const uint64_t size = static_cast<uint64_t>(in.tellg());
-  const uint64_t need = h.data_offset + 4 * count;
+  const uint64_t need = h.data_offset + h.itemsize * count;
   if (size != need)
     throw Error(std::string(size < need ? "truncated" : "trailing bytes") + ": shape " + shape_str(h.shape) +
                 " needs " + std::to_string(need) + " bytes, the file has " + std::to_string(size));
   in.seekg(static_cast<std::streamoff>(h.data_offset));
   return h;
 }
+
+// Reads whole volumes of an (N, ...) array as float32 in C order, whatever its dtype and order. C order: a volume
+// is `per_volume` consecutive values, read in one go. Fortran order (first axis fastest): the file is `per_volume`
+// rows of N values, row p holding value p (in the volume's own Fortran order) of every volume; blocks of rows are
+// read in turn, and each row gives `count` values, put where C order wants them. A value float32 cannot hold
+// (NaN, Inf, or a float64 beyond float32's range) is refused.
+class VolumeReader {
+ public:
+  VolumeReader(std::ifstream& in, const Header& h) : in_(in), h_(h), c_stride_(h.shape.size(), 1) {
+    for (size_t j = h.shape.size(); j-- > 1;) {
+      c_stride_[j - 1] = c_stride_[j] * h.shape[j];
+      per_volume_ *= h.shape[j];
+    }
+  }
+
+  // Volumes [first, first + count) into out (count * per_volume floats).
+  void read(int64_t first, int64_t count, float* out) {
+    if (!h_.fortran_order) {
+      fill(first * per_volume_, count * per_volume_);
+      for (int64_t k = 0; k < count * per_volume_; ++k) out[k] = value(k, first + k / per_volume_);
+      return;
+    }
+    const int64_t n = h_.shape[0];
+    const int64_t rows = std::max<int64_t>(1, kBlockBytes / (n * h_.itemsize));
+    std::vector<int64_t> dest(static_cast<size_t>(std::min(rows, per_volume_)));
+    for (int64_t p0 = 0; p0 < per_volume_; p0 += rows) {
+      const int64_t r = std::min(rows, per_volume_ - p0);
+      for (int64_t i = 0; i < r; ++i) dest[i] = c_offset(p0 + i);
+      fill(p0 * n, r * n);
+      for (int64_t b = 0; b < count; ++b)
+        for (int64_t i = 0; i < r; ++i) out[b * per_volume_ + dest[i]] = value(i * n + first + b, first + b);
+    }
+  }
+
+ private:
+  static constexpr int64_t kBlockBytes = 16 << 20;
+  std::ifstream& in_;
+  const Header& h_;
+  std::vector<int64_t> c_stride_;  // C-order strides (in values) of the axes of the array
+  int64_t per_volume_ = 1;
+  std::vector<unsigned char> raw_;
+
+  // The C-order offset in a volume of its value p in Fortran order (first volume axis fastest).
+  int64_t c_offset(int64_t p) const {
+    int64_t c = 0;
+    for (size_t j = 1; j < h_.shape.size(); ++j) {
+      c += (p % h_.shape[j]) * c_stride_[j];
+      p /= h_.shape[j];
+    }
+    return c;
+  }
+
+  // Values [start, start + len) of the file (in its own order) into raw_.
+  void fill(int64_t start, int64_t len) {
+    raw_.resize(static_cast<size_t>(len * h_.itemsize));
+    in_.seekg(static_cast<std::streamoff>(h_.data_offset + static_cast<uint64_t>(start) * h_.itemsize));
+    in_.read(reinterpret_cast<char*>(raw_.data()), static_cast<std::streamsize>(raw_.size()));
+    if (static_cast<size_t>(in_.gcount()) != raw_.size()) throw Error("read failed (was the file changed?)");
+  }
+
+  // Value k of raw_ as float32; `volume` names it in an error.
+  float value(int64_t k, int64_t volume) const {
+    unsigned char b[8];
+    const unsigned char* p = raw_.data() + k * h_.itemsize;
+    for (int j = 0; j < h_.itemsize; ++j) b[j] = p[h_.swap ? h_.itemsize - 1 - j : j];
+    double v;
+    if (h_.itemsize == 4) {
+      float f;
+      std::memcpy(&f, b, 4);
+      v = f;
+    } else {
+      std::memcpy(&v, b, 8);
+    }
+    if (!std::isfinite(v)) throw Error("volume " + std::to_string(volume) + " has non-finite values (NaN or Inf)");
+    if (std::fabs(v) > FLT_MAX) {
+      char num[32];
+      std::snprintf(num, sizeof(num), "%g", v);
+      throw Error("volume " + std::to_string(volume) + " has values beyond float32's range (" + num + ")");
+    }
+    return static_cast<float>(v);
+  }
+};
 
 }  // namespace npy

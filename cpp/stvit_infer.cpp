@@ -1,10 +1,13 @@
 // stvit_infer: run a classifier exported by `python -m stvit.export` on volumes from a .npy file, without Python.
 //
-//   stvit_infer MODEL.pt2 VOLUMES.npy [--out PROBS.csv] [--batch-size N]
+//   stvit_infer MODEL.pt2 VOLUMES.npy [--out PROBS.csv] [--batch-size N] [--read-mb M]
 //
 // MODEL.pt2 is an AOTInductor package; its metadata gives the volume shape (T, H, W) and the class names.
-// VOLUMES.npy holds (N, T, H, W) little-endian float32 in C order (e.g. (N, 53, 63, 46)). The output is CSV,
-// one row per volume: `volume,<class name>...,predicted` with softmax probabilities, to stdout or --out.
+// VOLUMES.npy holds (N, T, H, W) float32 or float64, either byte order, C or Fortran order (e.g. (N, 53, 63, 46)
+// as `np.save` writes an array from `scipy.io.loadmat`: float64, Fortran order), converted to float32: a batch at
+// a time in C order; in Fortran order, where a volume is spread over the whole file, up to M MiB of volumes
+// (default 256, at least a batch) per pass over the file. The output is CSV, one row per volume:
+// `volume,<class name>...,predicted` with softmax probabilities, to stdout or --out.
 // A problem with an argument or a file prints one line `error: <file>: <problem>` on stderr and exits 2.
 #include <ATen/ops/from_blob.h>
 #include <c10/core/InferenceMode.h>
@@ -12,6 +15,7 @@
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -36,12 +40,22 @@ struct Failure : std::runtime_error {
       : std::runtime_error(where.empty() ? what : where + ": " + what) {}
 };
 
-const char* kUsage = "usage: stvit_infer MODEL.pt2 VOLUMES.npy [--out PROBS.csv] [--batch-size N]";
+const char* kUsage = "usage: stvit_infer MODEL.pt2 VOLUMES.npy [--out PROBS.csv] [--batch-size N] [--read-mb M]";
 
 struct Args {
   std::string model, input, out;
   int64_t batch_size = 8;
+  int64_t read_mb = 256;  // Fortran-order input: MiB of float32 volumes read per pass over the file
 };
+
+int64_t parse_count(const std::string& flag, const std::string& v, long long min) {
+  char* end = nullptr;
+  errno = 0;
+  long long n = std::strtoll(v.c_str(), &end, 10);
+  if (v.empty() || *end != '\0' || errno || n < min || n > (int64_t(1) << 40))
+    throw Failure("", flag + " must be an integer >= " + std::to_string(min) + ", got '" + v + "'");
+  return n;
+}
 
 Args parse_args(int argc, char** argv) {
   Args a;
@@ -52,15 +66,13 @@ Args parse_args(int argc, char** argv) {
       std::cout << kUsage << "\n";
       std::exit(0);
     }
-    if (s == "--out" || s == "-o" || s == "--batch-size") {
+    if (s == "--out" || s == "-o" || s == "--batch-size" || s == "--read-mb") {
       if (i + 1 >= argc) throw Failure("", s + " needs a value; " + kUsage);
       std::string v = argv[++i];
       if (s == "--batch-size") {
-        char* end = nullptr;
-        long long n = std::strtoll(v.c_str(), &end, 10);
-        if (v.empty() || *end != '\0' || n < 1)
-          throw Failure("", "--batch-size must be a positive integer, got '" + v + "'");
-        a.batch_size = n;
+        a.batch_size = parse_count(s, v, 1);
+      } else if (s == "--read-mb") {
+        a.read_mb = parse_count(s, v, 0);
       } else {
         a.out = v;
       }
@@ -144,8 +156,26 @@ std::string csv_field(const std::string& s) {
   return q + "\"";
 }
 
+// The input's header, checked before the model is loaded (a bad file fails fast): (N, T, H, W), N >= 1.
+npy::Header volumes_header(const std::string& path, std::ifstream& in) {
+  check_regular_file(path);
+  in.open(path, std::ios::binary);
+  if (!in) throw Failure(path, "cannot open for reading");
+  npy::Header h;
+  try {
+    h = npy::read_header(in);
+  } catch (const npy::Error& e) {
+    throw Failure(path, e.what());
+  }
+  if (h.shape.size() != 4) throw Failure(path, "shape " + npy::shape_str(h.shape) + " is not (N, T, H, W)");
+  if (h.shape[0] < 1) throw Failure(path, "holds no volumes (N = 0)");
+  return h;
+}
+
 int run(const Args& args) {
   c10::InferenceMode guard;
+  std::ifstream in;
+  const npy::Header h = volumes_header(args.input, in);
   auto loader = load_model(args.model);
   ModelInfo info;
   try {
@@ -157,41 +187,37 @@ int run(const Args& args) {
   }
   const int64_t T = info.volume[0], H = info.volume[1], W = info.volume[2];
   const int64_t C = static_cast<int64_t>(info.classes.size());
-
-  check_regular_file(args.input);
-  std::ifstream in(args.input, std::ios::binary);
-  if (!in) throw Failure(args.input, "cannot open for reading");
-  npy::Header h;
-  try {
-    h = npy::read_header(in);
-  } catch (const npy::Error& e) {
-    throw Failure(args.input, e.what());
-  }
   const std::string want_str = "(N, " + std::to_string(T) + ", " + std::to_string(H) + ", " + std::to_string(W) + ")";
-  if (h.shape.size() != 4 || h.shape[1] != T || h.shape[2] != H || h.shape[3] != W)
+  if (h.shape[1] != T || h.shape[2] != H || h.shape[3] != W)
     throw Failure(args.input, "shape " + npy::shape_str(h.shape) + " is not " + want_str);
   const int64_t N = h.shape[0];
-  if (N < 1) throw Failure(args.input, "holds no volumes (N = 0)");
 
   std::ostringstream csv;
   csv << "volume";
   for (const auto& name : info.classes) csv << "," << csv_field(name);
   csv << ",predicted\n";
 
+  // Volumes are read a group at a time: one batch in C order; in Fortran order, where a volume is spread over the
+  // whole file, as many whole batches as --read-mb holds (a pass over the file per group).
   const int64_t per_volume = T * H * W;
+  const int64_t group = args.batch_size * (h.fortran_order ? std::max<int64_t>(
+      1, (args.read_mb << 20) / (per_volume * int64_t(sizeof(float))) / args.batch_size) : 1);
+  npy::VolumeReader reader(in, h);
   std::vector<float> buf;
   char num[32];
   for (int64_t start = 0; start < N; start += args.batch_size) {
     const int64_t B = std::min(args.batch_size, N - start);
-    buf.resize(static_cast<size_t>(B * per_volume));
-    in.read(reinterpret_cast<char*>(buf.data()), static_cast<std::streamsize>(buf.size() * sizeof(float)));
-    if (static_cast<size_t>(in.gcount()) != buf.size() * sizeof(float)) throw Failure(args.input, "read failed");
-    for (size_t k = 0; k < buf.size(); ++k) {
-      if (!std::isfinite(buf[k]))
-        throw Failure(args.input, "volume " + std::to_string(start + static_cast<int64_t>(k) / per_volume) +
-                                      " has non-finite values (NaN or Inf)");
+    if (start % group == 0) {
+      const int64_t G = std::min(group, N - start);
+      buf.resize(static_cast<size_t>(G * per_volume));
+      try {
+        reader.read(start, G, buf.data());
+      } catch (const npy::Error& e) {
+        throw Failure(args.input, e.what());
+      }
     }
-    at::Tensor x = at::from_blob(buf.data(), {B, T, H, W}, at::kFloat).to(info.device);
+    float* batch = buf.data() + (start % group) * per_volume;
+    at::Tensor x = at::from_blob(batch, {B, T, H, W}, at::kFloat).to(info.device);
     std::vector<at::Tensor> outputs;
     try {
       outputs = loader->run({x});

@@ -1,7 +1,8 @@
 """C++ inference: export a tiny trained classifier (torch.export + AOTInductor, CPU), build `stvit_infer` with
 CMake, run it on the golden input and match the eager PyTorch probabilities.
 
-One export and one CMake build serve the whole module. The build directory is cached under the repository's
+One export and one CMake build serve the whole test session (the `deployed` fixture in conftest.py calls
+`deploy` below; tests/test_cpp_inputs.py uses it too). The build directory is cached under the repository's
 `build/` (git-ignored), so a rerun only rebuilds what changed; CI starts from a clean tree. The times of each
 step are printed to the terminal.
 """
@@ -96,7 +97,7 @@ def test_export_refuses_a_pretraining_checkpoint(tmp_path, capsys):
     assert rc == 2 and "pre-training checkpoint" in err and err.count("\n") == 1
 
 
-# --- export + CMake build, once per module ----------------------------------------------------------------------
+# --- export + CMake build, once per session ---------------------------------------------------------------------
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
@@ -125,8 +126,7 @@ def _build_runner(build: Path) -> tuple[Path, float, float]:
     return build / "stvit_infer", t1 - t0, time.perf_counter() - t1
 
 
-@pytest.fixture(scope="module")
-def deployed(tmp_path_factory):
+def deploy(tmp_path_factory) -> dict:
     """Export the tiny model to model.pt2 (+ golden input, sidecar) and build the runner; with the times."""
     if not LOADER_H.exists():
         pytest.skip(f"this torch build has no AOTInductor C++ package loader ({LOADER_H} is missing)")
@@ -203,9 +203,9 @@ def _npy_cases(d: Path) -> dict[str, tuple[Path, str]]:
     """name -> (file, expected message after 'error: <file>: ')."""
     good = np.random.default_rng(0).standard_normal((2, *TINY.volume)).astype(np.float32)
     cases = {
-        "f8": (good.astype(np.float64), "dtype <f8 is not float32 (<f4)"),
-        "shape": (good[:, :, :, 0], "shape (2, 5, 14) is not (N, 5, 14, 6)"),
-        "fortran": (np.asfortranarray(good), "array is in Fortran order"),
+        "int16": (good.astype(np.int16), "dtype <i2 is not float32 or float64 (<f4, <f8, >f4, >f8)"),
+        "shape": (good[:, :, 1:], "shape (2, 5, 13, 6) is not (N, 5, 14, 6)"),
+        "rank": (good[:, :, :, 0], "shape (2, 5, 14) is not (N, T, H, W)"),
     }
     files = {}
     for name, (arr, msg) in cases.items():
@@ -220,7 +220,7 @@ def _npy_cases(d: Path) -> dict[str, tuple[Path, str]]:
     return files
 
 
-@pytest.mark.parametrize("case", ["f8", "shape", "fortran", "truncated", "text"])
+@pytest.mark.parametrize("case", ["int16", "shape", "rank", "truncated", "text"])
 def test_cpp_runner_refuses_bad_volumes(deployed, case):
     d = deployed["dir"] / f"npy-{case}"
     d.mkdir()

@@ -108,18 +108,17 @@ def as_labels(a, name: str, num_classes: int, path) -> np.ndarray:
         if (flat != np.round(flat)).any():
             bad = flat[flat != np.round(flat)][0]
             raise DataError(f"{name} has non-integer labels (e.g. {bad:g}), expected 0..{num_classes - 1}", path)
-    y = flat.astype(np.int64)
-    outside = (y < 0) | (y >= num_classes)
+    outside = (flat < 0) | (flat >= num_classes)  # before the cast: 1e300 has no int64
     if outside.any():
-        found = ", ".join(map(str, np.unique(y[outside])[:5]))
+        found = ", ".join(f"{v:g}" if flat.dtype.kind == "f" else str(v) for v in np.unique(flat[outside])[:5])
         hint = ""
-        if y.min() >= 1 and y.max() == num_classes:
+        if flat.min() >= 1 and flat.max() == num_classes:
             hint = " (1-based labels? subtract 1)"
-        elif num_classes == 2 and set(np.unique(y).tolist()) == {-1, 1}:
+        elif num_classes == 2 and set(np.unique(flat).tolist()) == {-1, 1}:
             hint = " (labels -1/1? map -1 to 0: y = (y + 1) / 2)"
         raise DataError(f"{name} has labels outside the class set {{{', '.join(map(str, range(num_classes)))}}}: "
                         f"{found} ({int(outside.sum())} volumes){hint}", path)
-    return y
+    return flat.astype(np.int64)
 
 
 def as_ids(a, name: str, path) -> np.ndarray:

@@ -9,10 +9,12 @@ bits) into one word and its <= 4 bytes of data into the next word. A variable is
 zlib-compressed miMATRIX (`save -v7`, MATLAB's default). Arrays are stored column-major, and a `double`
 array may be stored in a smaller integer type (the class says what it is, the data type how it is stored).
 
-Why not only `scipy.io.loadmat`: it materialises a float64 array (4 GB for the course file's `X_train`)
-before we could convert it. Here a numeric variable's data is streamed, a block at a time, straight into a
-preallocated C-order array of the training dtype; peak memory stays near the size of that array.
-Small variables (labels, char-matrix ids, cells) still go through scipy (`read_small`).
+Why not `scipy.io.loadmat`: it materialises a float64 array (4 GB for the course file's `X_train`) before we
+could convert it. Here a numeric variable's data is streamed, a block at a time, straight into a preallocated
+C-order array of the training dtype; peak memory stays near the size of that array. Small variables (labels,
+char-matrix ids, cells of those) are read whole by `read_value`. Every header is checked when the file is
+opened (a known class, dimensions that match the data, data inside its element), so that a damaged file is
+refused with a sentence about the file; scipy, given such a file, may raise an internal error or crash.
 """
 from __future__ import annotations
 
@@ -37,11 +39,15 @@ MX_CLASSES = {1: "cell", 2: "struct", 3: "object", 4: "char", 5: "sparse", 6: "d
               9: "uint8", 10: "int16", 11: "uint16", 12: "int32", 13: "uint32", 14: "int64", 15: "uint64",
               16: "function", 17: "opaque"}
 MX_NUMERIC = {6, 7, 8, 9, 10, 11, 12, 13, 14, 15}
-MX_CHAR = 4
+MX_CELL, MX_CHAR, MX_OPAQUE = 1, 4, 17
 # numpy dtype -> (MATLAB class, mi data type) for the writer
 _WRITE_TYPES = {"f8": (6, MI_DOUBLE), "f4": (7, MI_SINGLE), "i1": (8, MI_INT8), "u1": (9, MI_UINT8),
                 "i2": (10, MI_INT16), "u2": (11, MI_UINT16), "i4": (12, MI_INT32), "u4": (13, MI_UINT32),
                 "i8": (14, MI_INT64), "u8": (15, MI_UINT64)}
+MX_DTYPES = {mclass: dt for dt, (mclass, _) in _WRITE_TYPES.items()}  # numeric class -> numpy dtype
+# mi type of char data -> bytes per stored unit (UTF-8: 1 to 4 per character)
+CHAR_WIDTHS = {MI_INT8: 1, MI_UINT8: 1, MI_UINT16: 2, MI_UTF8: 1, MI_UTF16: 2, MI_UTF32: 4}
+MAX_DIMS = 32  # what scipy and numpy accept
 
 BLOCK_BYTES = 16 << 20  # working buffer of the streaming readers and writer
 HEADER_PEEK = 1024  # bytes of a variable read to parse its flags, dimensions and name
@@ -61,8 +67,10 @@ class Mat5Var:
     offset: int  # file offset of the element's data (just after its top-level tag)
     nbytes: int  # byte count of the top-level element
     compressed: bool
-    data_at: int | None = None  # real part: offset in the (decompressed) miMATRIX content
-    data_type: int | None = None  # real part: mi* storage type
+    size: int  # byte count of the miMATRIX content (= nbytes when not compressed)
+    body: int  # offset in the miMATRIX content of the first element after the name
+    data_at: int | None = None  # numeric or char data (the real part): offset in the miMATRIX content
+    data_type: int | None = None  # its mi* storage type
     data_nbytes: int | None = None
 
     @property
@@ -90,38 +98,137 @@ def is_mat5_header(head: bytes) -> bool:
 def _tag(b: bytes, pos: int, e: str) -> tuple[int, int, int, int]:
     """(type, byte count, data start, next element) of the sub-element at `pos` (small format aware)."""
     if pos + 8 > len(b):
-        raise MatFormatError("variable header is cut short")
+        raise MatFormatError("header is cut short")
     word = struct.unpack_from(e + "I", b, pos)[0]
-    if word >> 16:  # small data element: count in the high half, type in the low half
+    if word >> 16:  # small data element: count in the high half, type in the low half, <= 4 bytes of data
+        if word >> 16 > 4:
+            raise MatFormatError("bad small data element")
         return word & 0xFFFF, word >> 16, pos + 4, pos + 8
     mdtype, nbytes = struct.unpack_from(e + "II", b, pos)
     return mdtype, nbytes, pos + 8, pos + 8 + _pad8(nbytes)
 
 
-def _parse_matrix(b: bytes, e: str) -> dict:
-    """Flags, dimensions, name and real-part location from the start of an miMATRIX element's content."""
-    t, n, at, pos = _tag(b, 0, e)
-    if t != MI_UINT32 or n != 8:
-        raise MatFormatError("bad array flags")
-    word = struct.unpack_from(e + "I", b, at)[0]
-    mclass, flags = word & 0xFF, (word >> 8) & 0xFF
-    t, n, at, pos = _tag(b, pos, e)
-    if t != MI_INT32 or n % 4 or at + n > len(b):
-        raise MatFormatError("bad dimensions")
-    dims = struct.unpack_from(e + f"{n // 4}i", b, at)
-    t, n, at, pos = _tag(b, pos, e)
-    if t not in (MI_INT8, MI_UINT8) or at + n > len(b):
-        raise MatFormatError("bad variable name")
-    out = dict(name=b[at:at + n].decode("latin-1"), dims=tuple(dims), mclass=mclass,
-               is_complex=bool(flags & 0x08), is_logical=bool(flags & 0x02))
-    if mclass in MX_NUMERIC:
-        t, n, at, _ = _tag(b, pos, e)
+def _parse_matrix(b: bytes, e: str, size: int | None = None, where: str = "a variable") -> dict:
+    """Flags, dimensions, name and the location of the data, from `b`: the first bytes of an miMATRIX element's
+    content, which is `size` bytes long (default len(b)). Checked so that the readers can trust them: a known
+    class, dimensions >= 0, and for a numeric or char array a data element of a known type, holding what the
+    dimensions need, inside the element. A MatFormatError names the variable (`where` until its name is read)
+    and the problem."""
+    size = len(b) if size is None else size
+    try:
+        t, n, at, pos = _tag(b, 0, e)
+        if t != MI_UINT32 or n != 8:
+            raise MatFormatError("bad array flags")
+        word = struct.unpack_from(e + "I", b, at)[0]
+        mclass, flags = word & 0xFF, (word >> 8) & 0xFF
+        dims: tuple[int, ...] = ()
+        if mclass != MX_OPAQUE:  # a MATLAB object (string, table...) has no dimensions: its name comes next
+            t, n, at, pos = _tag(b, pos, e)  # int32; uint32 and UTF-8 names below from some other writers, as scipy
+            if t not in (MI_INT32, MI_UINT32) or n % 4 or n // 4 > MAX_DIMS or at + n > len(b):
+                raise MatFormatError("bad dimensions")
+            dims = struct.unpack_from(e + f"{n // 4}{'i' if t == MI_INT32 else 'I'}", b, at)
+        t, n, at, pos = _tag(b, pos, e)
+        if t not in (MI_INT8, MI_UINT8, MI_UTF8) or at + n > len(b):
+            raise MatFormatError("bad variable name")
+        name = b[at:at + n].decode("latin-1")
+        if not name.isprintable():
+            raise MatFormatError("bad variable name")
+    except MatFormatError as err:
+        raise MatFormatError(f"{where} has a damaged header ({err})") from None
+    who = f"variable '{name}'" if name else where
+    if mclass not in MX_CLASSES:
+        raise MatFormatError(f"{who} has an unknown MATLAB class (id {mclass}): damaged header")
+    if any(d < 0 for d in dims):
+        raise MatFormatError(f"{who} has a negative dimension ({' x '.join(map(str, dims))}): damaged header")
+    out = dict(name=name, dims=tuple(dims), mclass=mclass, is_complex=bool(flags & 0x08),
+               is_logical=bool(flags & 0x02), body=pos)
+    if mclass in MX_NUMERIC or mclass == MX_CHAR:
+        t, n, at, _ = _data_element(b, pos, e, size, dims, mclass == MX_CHAR, who)
         out.update(data_at=at, data_type=t, data_nbytes=n)
     return out
 
 
+def _data_element(b: bytes, pos: int, e: str, size: int, dims: tuple[int, ...], char: bool, who: str):
+    """The tag of the data element at `pos` (as `_tag`), checked: a numeric (for `char`, a text) type, as many
+    bytes as `dims` need, inside the element (`size` bytes)."""
+    try:
+        t, n, at, nxt = _tag(b, pos, e)
+    except MatFormatError:
+        raise MatFormatError(f"{who} has no data element: damaged file") from None
+    width = CHAR_WIDTHS.get(t) if char else (np.dtype(MI_DTYPES[t]).itemsize if t in MI_DTYPES else None)
+    if width is None:
+        raise MatFormatError(f"{who} has data of an unknown {'text ' if char else ''}type ({t}): damaged header")
+    count = math.prod(dims)
+    # text may be stored empty (scipy reads it as blanks), and UTF-8 takes 1 to 4 bytes a character
+    if not (n == count * width or (char and (n == 0 or (t == MI_UTF8 and count <= n <= 4 * count)))):
+        raise MatFormatError(f"{who} is {' x '.join(map(str, dims))} ({count:,} values of {width} byte"
+                             f"{'s' * (width > 1)}) but holds {n:,} bytes of data: damaged header")
+    if at + n > size:
+        raise MatFormatError(f"{who} has data running past the end of the variable: damaged header")
+    return t, n, at, nxt
+
+
+def _read_value(b: bytes, e: str, where: str) -> np.ndarray:
+    """The value of a whole miMATRIX element's content `b` (see `Mat5File.read_value`), every part checked."""
+    info = _parse_matrix(b, e, len(b), where)
+    dims, mclass = info["dims"], info["mclass"]
+    who = f"variable '{info['name']}'" if info["name"] else where
+    if mclass in MX_NUMERIC:  # the real part was checked by _parse_matrix
+        value = np.frombuffer(b, e + MI_DTYPES[info["data_type"]], math.prod(dims), info["data_at"])
+        if info["is_complex"]:
+            imag = _tag(b, info["body"], e)[3]
+            t, _, at, _ = _data_element(b, imag, e, len(b), dims, False, f"{who} (imaginary part)")
+            value = value + 1j * np.frombuffer(b, e + MI_DTYPES[t], math.prod(dims), at)
+        else:
+            value = value.astype(bool if info["is_logical"] else MX_DTYPES[mclass])
+        return value.reshape(dims[::-1]).T
+    if mclass == MX_CHAR:
+        return _chars_to_strings(_char_codes(b, e, info, who).reshape(dims[::-1]).T)
+    if mclass == MX_CELL:
+        cells, pos = np.empty(math.prod(dims), object), info["body"]
+        for i in range(len(cells)):
+            try:
+                t, n, at, pos = _tag(b, pos, e)
+            except MatFormatError:
+                t = n = at = 0
+            if t != MI_MATRIX or at + n > len(b):
+                raise MatFormatError(f"{who}: cell {i + 1} of {len(cells)} is damaged")
+            cells[i] = _read_value(b[at:at + n], e, f"cell {i + 1} of {who}") if n else np.empty((0, 0))
+        return cells.reshape(dims[::-1]).T
+    raise MatFormatError(f"{who} is a MATLAB {MX_CLASSES[mclass]}; expected numbers, text (char) or a cell array "
+                         "of them")
+
+
+def _char_codes(b: bytes, e: str, info: dict, who: str) -> np.ndarray:
+    """The character codes of a char array (flat, column-major), as uint32."""
+    t, n, at, count = info["data_type"], info["data_nbytes"], info["data_at"], math.prod(info["dims"])
+    if n == 0:  # stored empty: blanks, as scipy reads it
+        return np.full(count, ord(" "), np.uint32)
+    if t == MI_UTF8:
+        try:
+            text = b[at:at + n].decode("utf-8")
+        except UnicodeDecodeError:
+            raise MatFormatError(f"{who} holds text that is not valid UTF-8: damaged file") from None
+        if len(text) != count:
+            raise MatFormatError(f"{who} is {' x '.join(map(str, info['dims']))} ({count:,} characters) but holds "
+                                 f"{len(text):,}: damaged header")
+        return np.frombuffer(text.encode("utf-32-le"), "<u4").astype(np.uint32)
+    codes = np.frombuffer(b, e + {1: "u1", 2: "u2", 4: "u4"}[CHAR_WIDTHS[t]], count, at).astype(np.uint32)
+    if codes.max(initial=0) > 0x10FFFF:
+        raise MatFormatError(f"{who} holds character codes beyond Unicode: damaged file")
+    return codes
+
+
+def _chars_to_strings(codes: np.ndarray) -> np.ndarray:
+    """A char array of codes (..., L) -> strings of length L with shape (...), as scipy's chars_as_strings."""
+    if codes.ndim == 0 or codes.shape[-1] == 0:
+        return np.full(codes.shape[:-1], "", dtype="U1")
+    return np.ascontiguousarray(codes).view(f"U{codes.shape[-1]}").reshape(codes.shape[:-1])
+
+
 class Mat5File:
-    """The variables of a MAT v5/v7 file (headers only), and streaming reads of numeric ones."""
+    """The variables of a MAT v5/v7 file (headers, checked), streaming reads of numeric ones, whole reads of small
+    ones."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
@@ -143,14 +250,17 @@ class Mat5File:
                 if start + nbytes > self.size:
                     raise MatFormatError(f"file is truncated: the variable at byte {pos} needs {nbytes:,} bytes, "
                                          f"{self.size - start:,} are left")
+                where = f"the variable at byte {pos}"
                 if mdtype == MI_MATRIX:
-                    info = _parse_matrix(f.read(min(nbytes, HEADER_PEEK)), self.e)
-                    var = Mat5Var(offset=start, nbytes=nbytes, compressed=False, **info)
+                    info = _parse_matrix(f.read(min(nbytes, HEADER_PEEK)), self.e, nbytes, where)
+                    var = Mat5Var(offset=start, nbytes=nbytes, compressed=False, size=nbytes, **info)
                 elif mdtype == MI_COMPRESSED:
-                    var = self._peek_compressed(f, start, nbytes)
-                else:  # not a variable (MATLAB writes none of these at top level); skip it
-                    pos = start + nbytes
-                    continue
+                    var = self._peek_compressed(f, start, nbytes, where)
+                else:  # MATLAB writes nothing else at top level
+                    raise MatFormatError(f"the element at byte {pos} is not a variable (type {mdtype}): "
+                                         "damaged file")
+                if var.name in self.vars:
+                    raise MatFormatError(f"variable '{var.name}' appears twice: damaged file")
                 self.vars[var.name] = var
                 pos = start + nbytes
 
@@ -158,33 +268,51 @@ class Mat5File:
     def compressed(self) -> bool:
         return any(v.compressed for v in self.vars.values())
 
-    def _peek_compressed(self, f: BinaryIO, start: int, nbytes: int) -> Mat5Var:
-        stream = _ZlibStream(f, start, nbytes)
+    def _peek_compressed(self, f: BinaryIO, start: int, nbytes: int, where: str) -> Mat5Var:
+        stream = _ZlibStream(f, start, nbytes, where)
         head = stream.peek(8 + HEADER_PEEK)
         if len(head) < 8:
-            raise MatFormatError(f"compressed variable at byte {start - 8} is empty or damaged")
+            raise MatFormatError(f"{where} (compressed) is empty or damaged")
         t, n = struct.unpack_from(self.e + "II", head, 0)
         if t != MI_MATRIX:
-            raise MatFormatError(f"compressed element at byte {start - 8} holds no variable")
-        info = _parse_matrix(head[8:], self.e)
-        return Mat5Var(offset=start, nbytes=nbytes, compressed=True, **info)
+            raise MatFormatError(f"{where} (compressed) holds no variable: damaged file")
+        info = _parse_matrix(head[8:8 + n], self.e, n, where)
+        return Mat5Var(offset=start, nbytes=nbytes, compressed=True, size=n, **info)
+
+    def _open_content(self, f: BinaryIO, var: Mat5Var, skip: int):
+        """`read_exact(mv)` reading the variable's miMATRIX content from byte `skip` on, and `finish()` that checks
+        a compressed one ends there (zlib verifies its checksum at the end of the stream)."""
+        if var.compressed:
+            stream = _ZlibStream(f, var.offset, var.nbytes, f"variable '{var.name}'")
+            stream.skip(8 + skip)  # the miMATRIX tag, then `skip` bytes of content
+            return stream.readinto_exact, stream.finish
+        f.seek(var.offset + skip)
+        return (lambda mv: readinto_exact(f, mv)), (lambda: None)
+
+    def read_value(self, name: str) -> np.ndarray:
+        """A small variable read whole (labels, ids), as `scipy.io.loadmat(..., chars_as_strings=True)` gives it:
+        a numeric or logical array, a char array as strings along its last axis, or a cell array of those."""
+        var = self.vars[name]
+        content = bytearray(var.size)
+        with open(self.path, "rb", buffering=0) as f:
+            read_exact, finish = self._open_content(f, var, 0)
+            read_exact(memoryview(content))
+            finish()
+        return _read_value(bytes(content), self.e, f"variable '{name}'")
 
     def read_numeric(self, name: str, out: np.ndarray, block_bytes: int = BLOCK_BYTES) -> None:
         """Fill the C-order array `out` (shape = the variable's dims, any numeric dtype) with its values."""
         var = self.vars[name]
-        if not var.is_numeric or var.data_type not in MI_DTYPES:
+        if not var.is_numeric:
             raise MatFormatError(f"'{name}' is not a real numeric array")
         if tuple(out.shape) != var.dims:
             raise ValueError(f"out has shape {out.shape}, variable '{name}' is {var.dims}")
-        src = np.dtype(self.e + MI_DTYPES[var.data_type])
-        if var.data_nbytes != out.size * src.itemsize:
-            raise MatFormatError(f"'{name}' holds {var.data_nbytes:,} bytes of data, its dimensions "
-                                 f"{'x'.join(map(str, var.dims))} need {out.size * src.itemsize:,}")
+        src = np.dtype(self.e + MI_DTYPES[var.data_type])  # its size matches the dimensions (checked at open)
         with open(self.path, "rb", buffering=0) as f:
             if var.compressed:
-                stream = _ZlibStream(f, var.offset, var.nbytes)
-                stream.skip(8 + var.data_at)  # the miMATRIX tag and the header sub-elements
-                fill_fortran_stream(out, stream.readinto_exact, src, block_bytes)
+                read_exact, finish = self._open_content(f, var, var.data_at)
+                fill_fortran_stream(out, read_exact, src, block_bytes)
+                finish()
             else:
                 base = var.offset + var.data_at
 
@@ -205,13 +333,17 @@ def readinto_exact(f: BinaryIO, mv: memoryview, error: type[Exception] = MatForm
 
 
 class _ZlibStream:
-    """Sequential reads from a zlib-compressed element, decompressing a bounded amount at a time."""
+    """Sequential reads from a zlib-compressed element, decompressing a bounded amount at a time. `where` (the
+    variable) starts its error messages."""
 
-    def __init__(self, f: BinaryIO, offset: int, nbytes: int, in_chunk: int = 1 << 20):
-        self.f, self.left, self.in_chunk = f, nbytes, in_chunk
+    def __init__(self, f: BinaryIO, offset: int, nbytes: int, where: str, in_chunk: int = 1 << 20):
+        self.f, self.left, self.where, self.in_chunk = f, nbytes, where, in_chunk
         self.z = zlib.decompressobj()
         self.pending = b""  # decompressed, not yet consumed
         f.seek(offset)
+
+    def _damaged(self, why: str) -> MatFormatError:
+        return MatFormatError(f"{self.where} has damaged compressed data ({why})")
 
     def _more(self, want: int) -> bool:
         """Decompress up to `want` more bytes into `pending`; False at the end of the stream."""
@@ -228,8 +360,8 @@ class _ZlibStream:
             return bool(tail)
         try:
             got = self.z.decompress(data, max(want, 1 << 16))
-        except zlib.error as err:
-            raise MatFormatError(f"compressed data is damaged ({err})") from None
+        except zlib.error as err:  # "Error -3 while decompressing data: invalid distance too far back"
+            raise self._damaged(str(err).rpartition(": ")[2]) from None
         self.pending += got
         return True
 
@@ -240,7 +372,7 @@ class _ZlibStream:
 
     def skip(self, n: int) -> None:
         if len(self.peek(n)) < n:
-            raise MatFormatError("file is truncated: compressed data ends early")
+            raise self._damaged("it ends early")
         self.pending = self.pending[n:]
 
     def readinto_exact(self, mv: memoryview) -> None:
@@ -248,11 +380,19 @@ class _ZlibStream:
         got = 0
         while got < len(mv):
             if not self.pending and not self._more(len(mv) - got):
-                raise MatFormatError("file is truncated: compressed data ends early")
+                raise self._damaged("it ends early")
             n = min(len(self.pending), len(mv) - got)
             mv[got:got + n] = self.pending[:n]
             self.pending = self.pending[n:]
             got += n
+
+    def finish(self) -> None:
+        """Check that the stream ends here, give or take the padding of the last element, and fills the element:
+        zlib checks its checksum at the end, so damage that decompressed without an error is caught here."""
+        while len(self.pending) < 8 and self._more(8):
+            pass
+        if len(self.pending) >= 8 or not self.z.eof or self.left or self.z.unused_data:
+            raise self._damaged("it does not end where the variable does")
 
 
 # --- filling a C-order array from column-major data --------------------------------------------------------
@@ -391,8 +531,8 @@ def _write_char(f: BinaryIO, name: str, arr: np.ndarray) -> None:
 # --- the data-set reader (used by `files.load_dataset`) and writer ------------------------------------------
 
 class Mat5Source:
-    """A MAT v5/v7 data set: headers and big numeric arrays streamed by `Mat5File`, small variables (labels, ids)
-    through scipy."""
+    """A MAT v5/v7 data set through `Mat5File`: headers, big numeric arrays streamed, small variables (labels,
+    ids) read whole."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -413,12 +553,10 @@ class Mat5Source:
             raise DataError(f"cannot read {name}: {err}", self.path) from None
 
     def read_small(self, name: str) -> np.ndarray:
-        import scipy.io
-
         try:
-            return scipy.io.loadmat(self.path, variable_names=[name], chars_as_strings=True)[name]
-        except Exception as err:  # scipy raises many kinds on damaged data
-            raise DataError(f"cannot read {name}: {type(err).__name__}: {err}", self.path) from None
+            return self.mat.read_value(name)
+        except MatFormatError as err:
+            raise DataError(str(err), self.path) from None
 
     def __enter__(self):
         return self
