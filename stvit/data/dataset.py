@@ -178,7 +178,7 @@ def check_values(X: np.ndarray, name: str, path, nan_to_zero: bool, max_abs: flo
             if nan_to_zero:
                 chunk[bad] = 0
         if max_abs is not None:
-            peak = np.abs(np.where(finite, chunk, 0)).reshape(len(chunk), -1).max(1)
+            peak = np.abs(np.where(finite, chunk, 0)).reshape(len(chunk), -1).max(1).astype(np.float64)
             over = np.flatnonzero(peak > max_abs)
             if len(over):
                 big_volumes += len(over)
