@@ -41,6 +41,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "step", "constant")
 POS_INITS = ("sincos", "normal")
+AUGMENTS = ("flip", "elastic", "scale", "noise")  # the training augmentations, in the order they are applied
 
 
 class ConfigError(ValueError):
@@ -188,6 +189,33 @@ class DataConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """The augmentations of every training batch, on the device (`stvit.data.augment`): `ops` says which, applied
+    in the order of `AUGMENTS` whatever the order of the list. Validation and test batches are never augmented.
+
+    flip: `data.flip_fraction` of the volumes flipped along `data.flip_axis` each epoch (the seed's augmentation);
+    elastic: a smooth random displacement of the brain inside its own mask; scale: each volume's intensities times
+    a random factor; noise: Gaussian noise added inside the brain. Background voxels (exactly 0) stay exactly 0."""
+
+    ops: tuple[str, ...] = ("flip",)
+    elastic_magnitude: float = 1.5  # std of the displacement at each control point, in voxels
+    elastic_spacing: float = 8.0  # voxels between control points of the displacement: larger is smoother
+    scale_spread: float = 0.1  # intensity factor uniform in [1 - spread, 1 + spread], one per volume
+    noise_std: float = 0.1  # std of the added noise, in the data's units (z-scored volumes: 1 = a voxel's spread)
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        for op in self.ops:
+            _need(op in AUGMENTS, "ops", f"must name augmentations among {', '.join(AUGMENTS)}", list(self.ops))
+        _need(len(set(self.ops)) == len(self.ops), "ops", "names an augmentation twice", list(self.ops))
+        at_least(self, 0, "elastic_magnitude", "noise_std")
+        at_least(self, 1, "elastic_spacing")
+        in_range(self, "scale_spread", 0, 1, high_open=True)
+
+
+@dataclass
 class OptimConfig:
     epochs: int
     lr: float
@@ -244,6 +272,7 @@ class Config:
     pretrain: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=80, lr=1.5e-4, warmup_epochs=10))
     finetune: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=20, lr=3e-5, warmup_epochs=0))
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
         one_of(self, "preset", PRESETS)

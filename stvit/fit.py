@@ -20,6 +20,7 @@ from . import distributed as DIST
 from . import engine
 from . import rng
 from .config import Config
+from .data.augment import flip_fraction
 from .data.batches import DeviceSplit
 from .rundir import RunDir
 from .stages import StageSetup
@@ -100,7 +101,7 @@ def fit(setup: StageSetup, run: RunDir, splits: Splits, resume: dict[str, Any] |
     for epoch in range(start, optim.epochs):
         setup.begin_epoch(epoch)
         batches = splits.train.epoch_batches(t.batch_size, epoch=epoch, seed=setup.seed,
-                                             flip_fraction=cfg.data.flip_fraction, flip_axis=cfg.data.flip_axis,
+                                             flip_fraction=flip_fraction(cfg), flip_axis=cfg.data.flip_axis,
                                              rank=DIST.rank(), world_size=DIST.world_size())
         stats = engine.train_one_epoch(setup.step, setup.model, setup.optimizer, setup.scaler, batches, steps, optim,
                                        epoch, log_every=t.log_every, max_nonfinite=t.max_nonfinite_steps,

@@ -36,6 +36,7 @@ import torch
 
 from . import cli, engine
 from .config import PRESETS, STAGES, Config
+from .data.augment import flip_fraction
 from .errors import UserError, run_cli
 from .flops import train_flops_per_sample
 from .nvml import NvmlSampler
@@ -121,7 +122,7 @@ class StepRunner:
             self.batches = host_batches(X, y, self.batch_size, device, cfg.train.seed, num_workers)
         elif variant.loader == "device":
             split = D.DeviceSplit(X, y, device, self.precision.storage_dtype)
-            self.batches = device_batches(split, self.batch_size, self.setup.seed, cfg.data.flip_fraction,
+            self.batches = device_batches(split, self.batch_size, self.setup.seed, flip_fraction(cfg),
                                           cfg.data.flip_axis)
         else:
             raise ValueError(f"unknown loader '{variant.loader}' (choose from host, device)")

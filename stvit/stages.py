@@ -3,7 +3,8 @@
 A `Stage` says what a stage is: its name, the model it trains, the forward + loss of its step, whether each step
 draws MAE masking noise, whether it is evaluated on the validation split after each epoch, and the checkpoint it
 leaves when it ends. `setup_stage` builds, for any stage, run config and device: the model, its AdamW, the
-GradScaler of the precision, the (compiled) step with the masking noise drawn outside the graph, the
+GradScaler of the precision, the (compiled) step with the masking noise and the batch augmentations drawn outside
+the graph, the
 data-parallel wrapper under torchrun, and the evaluation function.
 
 The trainer (`stvit.fit`), the profiler (`stvit.profile`) and the benchmarks (`bench/`) all build their steps
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from . import distributed as DIST
 from . import steps
 from .config import Config, ModelConfig, OptimConfig
+from .data.augment import Augment
 from .data.batches import shard_bounds
 from .engine import make_optimizer, param_groups
 from .model import MAE, SpatioTemporalClassifier
@@ -80,16 +82,19 @@ class StageSetup:
     step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]]
     eval_fn: steps.Timed | None  # (compiled) logits for evaluation, stages that evaluate
     noise: MaskNoise | None
-    seed: int  # the stage's seed (`rng.stage_seed`): data order, flips and masks
+    seed: int  # the stage's seed (`rng.stage_seed`): data order, flips, augmentations and masks
+    augment: Augment | None = None  # the batch augmentations other than flips (`cfg.augment.ops`)
 
     @property
     def optim(self) -> OptimConfig:
         return self.cfg.optim(self.stage.name)
 
     def begin_epoch(self, epoch: int) -> None:
-        """Call before each epoch's first step: the masking noise of the epoch."""
+        """Call before each epoch's first step: the masking noise and the augmentations of the epoch."""
         if self.noise is not None:
             self.noise.begin_epoch(epoch)
+        if self.augment is not None:
+            self.augment.begin_epoch(epoch)
 
     def state_dicts(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -132,13 +137,17 @@ def setup_stage(stage: Stage | str, cfg: Config, device: torch.device, *, precis
     train_fn = steps.build(stage.loss, model, precision, compile=compile, name=f"{stage.name} train step")
     parallel = DIST.data_parallel(train_fn, model)  # train_fn itself in one process
     seed = stage_seed(cfg.train.seed, stage.name)
-    noise = None
-    if stage.masks:
-        noise = MaskNoise(cfg, seed, device, DIST.rank(), DIST.world_size())
-        step = lambda x, y: (parallel(x, noise()), None)  # noqa: E731
-    else:
-        step = parallel
+    noise = MaskNoise(cfg, seed, device, DIST.rank(), DIST.world_size()) if stage.masks else None
+    augment = None  # flips happen as batches are gathered; the other augmentations here, outside the graph
+    if set(cfg.augment.ops) - {"flip"}:
+        augment = Augment(cfg, seed, device, DIST.rank(), DIST.world_size())
+
+    def step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
+        x = x if augment is None else augment(x)
+        return (parallel(x, noise()), None) if noise is not None else parallel(x, y)
+
     eval_fn = None
     if stage.evaluates:
         eval_fn = steps.build(steps.classifier_logits, model, precision, compile=compile, name=f"{stage.name} eval")
-    return StageSetup(stage, cfg, device, precision, model, optimizer, scaler, train_fn, step, eval_fn, noise, seed)
+    return StageSetup(stage, cfg, device, precision, model, optimizer, scaler, train_fn, step, eval_fn, noise, seed,
+                      augment)

@@ -30,7 +30,7 @@ from . import cli
 from . import data as D
 from . import distributed as DIST
 from . import rng
-from .config import PRESETS, Config, show_value
+from .config import AUGMENTS, PRESETS, Config, show_value
 from .engine import NonFiniteLoss
 from .errors import UserError, run_cli
 from .evaluation import evaluate
@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--precision", choices=PRECISIONS)
     ap.add_argument("--class-names", nargs="+", help="names of the label values 0, 1, ...")
     ap.add_argument("--flip-axis", type=int, choices=(0, 1, 2))
+    ap.add_argument("--augment", nargs="*", choices=AUGMENTS, metavar="OP",
+                    help=f"training augmentations among {', '.join(AUGMENTS)} (strengths: the config's augment "
+                         "section); none after the flag: no augmentation; default: the config's (flip)")
     ap.add_argument("--nan-to-zero", action="store_true", default=None, help="repair NaN/Inf voxels to 0")
     ap.add_argument("--select-on-test", action="store_true", default=None,
                     help="pick the best epoch on the test split (the seed's protocol; leaks)")
@@ -75,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 # the flags that set a config value: flag -> (argparse dest, config key)
 FLAGS = {"--data": ("data", "data.path"), "--class-names": ("class_names", "data.class_names"),
          "--flip-axis": ("flip_axis", "data.flip_axis"), "--nan-to-zero": ("nan_to_zero", "data.nan_to_zero"),
+         "--augment": ("augment", "augment.ops"),
          "--pretrain-epochs": ("pretrain_epochs", "pretrain.epochs"), "--ft-epochs": ("ft_epochs", "finetune.epochs"),
          "--kernels": ("kernels", "model.kernels"), "--batch-size": ("batch_size", "train.batch_size"),
          "--seed": ("seed", "train.seed"), "--device": ("device", "train.device"),
