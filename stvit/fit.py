@@ -87,8 +87,11 @@ def restore_rng(resume: dict[str, Any], run: RunDir) -> None:
 
 
 def fit(setup: StageSetup, run: RunDir, splits: Splits, resume: dict[str, Any] | None = None, *,
-        quiet: bool = False) -> None:
-    """Run the epochs of `setup.stage` that are left (all of them, or those after `resume`'s epoch)."""
+        quiet: bool = False, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Run the epochs of `setup.stage` that are left (all of them, or those after `resume`'s epoch).
+
+    on_epoch: called with each epoch's log record once the epoch is logged and saved; it may raise to stop the
+    stage there (the tuner's pruning, `stvit.tune`)."""
     stage, cfg, t, optim = setup.stage, setup.cfg, setup.cfg.train, setup.optim
     start, best = 0, {"epoch": 0, "acc": -1.0}
     if resume is not None:
@@ -123,6 +126,8 @@ def fit(setup: StageSetup, run: RunDir, splits: Splits, resume: dict[str, Any] |
                                      "config": cfg.to_dict(), "selected_on": select, "val_acc": record["val_acc"]})
             extra["best"] = best
         run.save("last.pt", resumable_state(setup, epoch + 1, splits.index, **extra))
+        if on_epoch is not None:
+            on_epoch(record)
     if stage.checkpoint:  # a finished stage resumed with no epoch left writes it again
         run.save(stage.checkpoint, {"stage": stage.name, "epoch": optim.epochs, "model": setup.model.state_dict(),
                                     "config": cfg.to_dict()})

@@ -270,18 +270,26 @@ def pretrained_encoder(run: RunDir, cfg: Config):
     return init
 
 
-def run_stages(plan: Plan, run: RunDir, splits: Splits, device, precision: Precision, quiet: bool) -> dict | None:
-    """The stages the plan asks for, in order; the final evaluation's metrics (None without one)."""
-    cfg, stage, resume = plan.cfg, plan.stage, plan.resume
+def fit_stages(cfg: Config, run: RunDir, splits: Splits, device, precision: Precision, *, stage: str = "all",
+               resume: dict | None = None, quiet: bool = False, on_epoch=None) -> None:
+    """The training stages `stage` asks for, in order: pre-training, then fine-tuning from its encoder; `resume`
+    continues the stage of its checkpoint. on_epoch: `fit`'s per-epoch callback (`stvit.tune`)."""
     if stage in ("all", "pretrain") and cfg.pretrain.epochs > 0 and (resume is None or resume["stage"] == "pretrain"):
         # a finished pre-training resumes to zero epochs and (re)writes pretrain.pt
-        fit(setup_stage(PRETRAIN, cfg, device, precision=precision, resume=resume), run, splits, resume, quiet=quiet)
+        setup = setup_stage(PRETRAIN, cfg, device, precision=precision, resume=resume)
+        fit(setup, run, splits, resume, quiet=quiet, on_epoch=on_epoch)
         resume = None
     if stage in ("all", "finetune"):
         resume = resume if resume is not None and resume["stage"] == "finetune" else None
         init = None if resume is not None else pretrained_encoder(run, cfg)
         setup = setup_stage(FINETUNE, cfg, device, precision=precision, init=init, resume=resume)
-        fit(setup, run, splits, resume, quiet=quiet)
+        fit(setup, run, splits, resume, quiet=quiet, on_epoch=on_epoch)
+
+
+def run_stages(plan: Plan, run: RunDir, splits: Splits, device, precision: Precision, quiet: bool) -> dict | None:
+    """The stages the plan asks for, in order; the final evaluation's metrics (None without one)."""
+    cfg, stage = plan.cfg, plan.stage
+    fit_stages(cfg, run, splits, device, precision, stage=stage, resume=plan.resume, quiet=quiet)
 
     def draw(folder):
         from .figures import plot_curves  # matplotlib, only when figures are drawn
