@@ -71,23 +71,38 @@ RANGE_KEYS = ("low", "high", "log", "step", "times")
 INSTALL = "the search needs Optuna: pip install 'stvit[tune]' (or pip install optuna)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+EPILOG = """examples:
+  python -m stvit.tune --data HCP_emotion_4D_sample.mat --trials 40 --out runs/tune-paper
+  python -m stvit.tune --data FILE --trials 40 --out runs/tune-paper      the same command again: it continues
+  python -m stvit.tune --data FILE --trials 40 --storage postgresql://user@host/db --sampler-seed 1 --no-final
+                                                     (one of several processes sharing a study)
+
+exit codes: 0 done; 2 bad input (one 'error:' line); 3 the final run stopped on a non-finite loss; 4 a file could
+not be written: run the same command again."""
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The flags of `stvit.train` (the base recipe of every trial) and the search's own."""
     ap = argparse.ArgumentParser(prog="python -m stvit.tune", description=__doc__.split("\n\n")[0],
-                                 parents=[T.build_parser()], add_help=False, conflict_handler="resolve",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--trials", type=int, required=True,
-                    help="trials (completed or pruned) the study holds when the search ends")
-    ap.add_argument("--folds", type=int, default=3, help="subject-grouped folds of the training split (K)")
-    ap.add_argument("--space", help="search space JSON (default: the one shipped, stvit/tune_space.json)")
-    ap.add_argument("--study", default="stvit", help="study name in the storage")
-    ap.add_argument("--storage", help="database URL (default: sqlite:///DIR/study.db)")
-    ap.add_argument("--out", help="tune directory (default: runs/tune-<preset>)")
-    ap.add_argument("--sampler-seed", type=int, help="TPE's seed (default: --seed); one per process on a shared study")
+                                 parents=[T.build_parser(argv)], add_help=False, conflict_handler="resolve",
+                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, required=True, metavar="N",
+                    help="the search ends when the study holds N completed or pruned trials")
+    ap.add_argument("--folds", type=int, default=3, metavar="K",
+                    help="subject-grouped folds of the training split; a trial trains K times; default: 3")
+    ap.add_argument("--space", metavar="FILE",
+                    help="the search space, a JSON file of config keys; default: stvit/tune_space.json")
+    ap.add_argument("--study", default="stvit", metavar="NAME", help="the study's name in the storage; default: stvit")
+    ap.add_argument("--storage", metavar="URL",
+                    help="the study's database, a URL Optuna takes (postgresql://...); default: sqlite:///DIR/study.db")
+    ap.add_argument("--out", metavar="DIR", help="the tune directory; default: runs/tune-<preset>")
+    ap.add_argument("--sampler-seed", type=int, metavar="N",
+                    help="the TPE sampler's seed; processes sharing a study each need their own; default: --seed")
     ap.add_argument("--final", action=argparse.BooleanOptionalAction, default=True,
-                    help="write the results and train + test the best config when the study holds --trials")
-    ap.add_argument("--resume", help=argparse.SUPPRESS)  # a search resumes by running the same command again
-    ap.add_argument("--stage", help=argparse.SUPPRESS)
+                    help="at the end, write the results and train + test the best config once; default: on")
+    ap.add_argument("--resume", metavar="DIR",
+                    help="not for a search: it continues when the same command runs again (same --out, --study)")
+    ap.add_argument("--stage", metavar="STAGE", help="not for a search: every trial runs pre-training and fine-tuning")
     return ap
 
 
@@ -547,7 +562,7 @@ def finish(search: Search, study, quiet: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     search = plan_search(args)
     quiet = args.quiet or not sys.stderr.isatty()
     study = open_study(search)
