@@ -403,11 +403,13 @@ class Objective:
 
 
 def counts(study) -> tuple[int, int]:
-    """(trials completed or pruned, trials failed)."""
+    """(trials completed or pruned, trials failed and not run again)."""
     from optuna.trial import TrialState
 
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    return len(done), len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    return done, sum(t.state == TrialState.FAIL and t.number not in retried for t in trials)
 
 
 def run_trials(search: Search, study, quiet: bool) -> None:
@@ -415,19 +417,19 @@ def run_trials(search: Search, study, quiet: bool) -> None:
     trial fails stops too)."""
     n = search.args.trials
 
-    def enough(study, trial=None) -> bool:
+    def enough() -> bool:
         done, failed = counts(study)
-        if trial is not None:
-            state = trial.state.name.lower()
-            value = "" if trial.value is None else f" {trial.value:.4f}"
-            print(f"trial {trial.number}: {state}{value} ({done} of {n} done)", flush=True)
-        if done >= n or failed >= n:
-            study.stop()
-            return True
-        return False
+        return done >= n or failed >= n
 
-    if not enough(study):
-        study.optimize(Objective(search, quiet), callbacks=[enough], catch=(NonFiniteLoss,))
+    def after(study, trial) -> None:
+        done, _ = counts(study)
+        value = "" if trial.value is None else f" {trial.value:.4f}"
+        print(f"trial {trial.number}: {trial.state.name.lower()}{value} ({done} of {n} done)", flush=True)
+        if enough():
+            study.stop()
+
+    if not enough():
+        study.optimize(Objective(search, quiet), callbacks=[after], catch=(NonFiniteLoss,))
 
 
 # --- results ------------------------------------------------------------------------------------------------------
