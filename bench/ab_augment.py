@@ -65,7 +65,8 @@ def report(results: dict[str, list[dict]], seeds: list[int]) -> str:
              f"- Date: {time.strftime('%Y-%m-%d')}; commit {commit}",
              f"- Machine: {os.cpu_count()} CPU threads ({platform.processor() or platform.machine()}), no GPU; "
              "shared with other work: load averages (1/5/15 min) are given per run",
-             f"- Software: Python {platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}",
+             f"- Software: Python {platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}; "
+             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
              "- Data: the built-in synthetic set (1,920 train / 320 test volumes, new subjects in test); "
              "validation = 10% of the train subjects; every run picks its epoch on validation and evaluates the "
              "test split once",

@@ -93,7 +93,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         f"(small, for a CPU); default: paper on a CUDA GPU, demo on a CPU (here: {cli.default_preset(device)})"))
     ap.add_argument("--config", metavar="FILE", help=(
         "a JSON file of config values over the preset, nested like a run's config.json (sections model, data, "
-        "pretrain, finetune, train); flags override it"))
+        "pretrain, finetune, train, augment); flags override it"))
     ap.add_argument("--out", metavar="DIR", help="the new run directory (absent or empty); default: "
                                                  "runs/<preset>-<date>-<time>")
     ap.add_argument("--resume", metavar="DIR", help=(
