@@ -15,7 +15,8 @@ import triton.language as tl
 from torch import Tensor
 
 from . import reference
-from ._dispatch import LIB, contiguous, next_pow2, use_triton, wrap_triton
+from ._dispatch import LIB, contiguous, next_pow2, use_triton
+from .plan import LaunchPlan, launch, ptr
 
 BLOCK_P = 16
 MAX_SPLITS = 32  # backward: programs along the slice axis
@@ -83,17 +84,46 @@ def _mae_scatter_bwd(
     tl.store(dm_ptr + (split * tl.num_programs(0) + pid_p) * D + offs_d, tl.sum(acc_m, axis=0), mask=md)
 
 
+def plan_forward(visible: Tensor, ids_restore: Tensor, mask_token: Tensor, pos: Optional[Tensor]) -> LaunchPlan:
+    """visible (S, K, D) any strides, ids_restore (S, P) int64 contiguous, mask_token (D,), pos (P, D) or None
+    (the mask token stands in for its pointer) -> out (S, P, D) in visible's dtype."""
+    S, K, D = visible.shape
+    P = ids_restore.shape[1]
+    pos_or_m = mask_token if pos is None else pos
+    args = (("v_ptr", ptr(visible)), ("ids_ptr", ptr(ids_restore)), ("m_ptr", ptr(mask_token)),
+            ("pos_ptr", ptr(pos_or_m)), ("out_ptr", ptr(visible)), ("P", P), ("K", K), ("D", D),
+            ("sv_s", visible.stride(0)), ("sv_k", visible.stride(1)), ("sv_d", visible.stride(2)))
+    nbytes = ((S * K + S * P) * D * visible.element_size() + S * P * ids_restore.element_size()
+              + D * mask_token.element_size() + (0 if pos is None else P * D * pos.element_size()))
+    return LaunchPlan(_mae_scatter_fwd, (S, triton.cdiv(P, BLOCK_P)), args,
+                      (("HAS_POS", pos is not None), ("BLOCK_P", BLOCK_P), ("BLOCK_D", next_pow2(D))),
+                      num_warps=4, num_stages=3, bytes_moved=nbytes)
+
+
+def plan_backward(grad: Tensor, ids_restore: Tensor, K: int) -> LaunchPlan:
+    """grad (S, P, D) any strides, ids_restore (S, P) int64 contiguous -> dvisible (S, K, D) in grad's dtype,
+    and fp32 partial sums dmask (n_split, n_pblk, D) and dpos (n_split, P, D), reduced by the caller."""
+    S, P, D = grad.shape
+    n_pblk = triton.cdiv(P, BLOCK_P)
+    slices = triton.cdiv(S, min(S, MAX_SPLITS))
+    n_split = triton.cdiv(S, slices)
+    args = (("g_ptr", ptr(grad)), ("ids_ptr", ptr(ids_restore)), ("dv_ptr", ptr(grad)), ("dm_ptr", "*fp32"),
+            ("dpos_ptr", "*fp32"), ("S", S), ("P", P), ("K", K), ("D", D), ("SLICES", slices),
+            ("sg_s", grad.stride(0)), ("sg_p", grad.stride(1)), ("sg_d", grad.stride(2)))
+    nbytes = ((S * P + S * K) * D * grad.element_size() + S * P * ids_restore.element_size()
+              + 4 * n_split * (n_pblk + P) * D)
+    return LaunchPlan(_mae_scatter_bwd, (n_pblk, n_split), args, (("BLOCK_P", BLOCK_P), ("BLOCK_D", next_pow2(D))),
+                      num_warps=4, num_stages=3, bytes_moved=nbytes)
+
+
 @torch.library.triton_op(f"{LIB}::mae_scatter", mutates_args=())
 def _mae_scatter_op(visible: Tensor, ids_restore: Tensor, mask_token: Tensor, pos: Optional[Tensor]) -> Tensor:
     S, K, D = visible.shape
-    P = ids_restore.shape[1]
     ids_restore = ids_restore.to(torch.int64).contiguous()
     mask_token, pos = mask_token.contiguous(), contiguous(pos)
-    out = torch.empty((S, P, D), device=visible.device, dtype=visible.dtype)
-    grid = (S, triton.cdiv(P, BLOCK_P))
-    wrap_triton(_mae_scatter_fwd)[grid](
-        visible, ids_restore, mask_token, mask_token if pos is None else pos, out, P, K, D, *visible.stride(),
-        HAS_POS=pos is not None, BLOCK_P=BLOCK_P, BLOCK_D=next_pow2(D), num_warps=4)
+    out = torch.empty((S, ids_restore.shape[1], D), device=visible.device, dtype=visible.dtype)
+    launch(plan_forward(visible, ids_restore, mask_token, pos), visible, ids_restore, mask_token,
+           mask_token if pos is None else pos, out)
     return out
 
 
@@ -102,15 +132,12 @@ def _mae_scatter_backward_op(grad: Tensor, ids_restore: Tensor, K: int) -> tuple
     """-> dvisible (S, K, D) in grad's dtype, dmask_token (D,) fp32, dpos (P, D) fp32."""
     S, P, D = grad.shape
     ids_restore = ids_restore.to(torch.int64).contiguous()
-    n_pblk = triton.cdiv(P, BLOCK_P)
-    slices = triton.cdiv(S, min(S, MAX_SPLITS))
-    n_split = triton.cdiv(S, slices)
+    plan = plan_backward(grad, ids_restore, K)
+    n_pblk, n_split = plan.grid
     dvisible = torch.empty((S, K, D), device=grad.device, dtype=grad.dtype)
     dmask = torch.empty((n_split, n_pblk, D), device=grad.device, dtype=torch.float32)
     dpos = torch.empty((n_split, P, D), device=grad.device, dtype=torch.float32)
-    wrap_triton(_mae_scatter_bwd)[(n_pblk, n_split)](
-        grad, ids_restore, dvisible, dmask, dpos, S, P, K, D, slices, *grad.stride(),
-        BLOCK_P=BLOCK_P, BLOCK_D=next_pow2(D), num_warps=4)
+    launch(plan, grad, ids_restore, dvisible, dmask, dpos)
     return dvisible, dmask.sum(dim=(0, 1)), dpos.sum(dim=0)
 
 

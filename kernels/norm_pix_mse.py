@@ -13,7 +13,8 @@ import triton.language as tl
 from torch import Tensor
 
 from . import reference
-from ._dispatch import LIB, next_pow2, use_triton, wrap_triton
+from ._dispatch import LIB, next_pow2, use_triton
+from .plan import LaunchPlan, launch, ptr
 
 BLOCK_P = 32
 
@@ -83,10 +84,35 @@ def _norm_pix_mse_bwd(
     tl.store(out, dp.to(dpred_ptr.dtype.element_ty), mask=m2)
 
 
-def _shape(pred: Tensor, x: Tensor, ph: int, pw: int):
+def _plan(kernel, pred: Tensor, x: Tensor, mask: Tensor, ph: int, pw: int, eps: float, out: str,
+          nbytes_out: int) -> LaunchPlan:
     S, H, W = x.shape
     gw = W // pw
-    return S, (H // ph) * gw, gw, max(2, next_pow2(ph * pw))
+    P = (H // ph) * gw
+    K = ph * pw
+    args = (("pred_ptr", ptr(pred)), ("x_ptr", ptr(x)), ("mask_ptr", ptr(mask)), *out, ("P", P), ("GW", gw),
+            ("eps", eps), ("sp_s", pred.stride(0)), ("sp_p", pred.stride(1)), ("sp_k", pred.stride(2)),
+            ("sx_s", x.stride(0)), ("sx_h", x.stride(1)), ("sx_w", x.stride(2)), ("sm_s", mask.stride(0)),
+            ("sm_p", mask.stride(1)))
+    nbytes = S * P * (K * (pred.element_size() + x.element_size()) + mask.element_size()) + nbytes_out
+    return LaunchPlan(kernel, (S, triton.cdiv(P, BLOCK_P)), args,
+                      (("PH", ph), ("PW", pw), ("KP", max(2, next_pow2(K))), ("BLOCK_P", BLOCK_P)), num_warps=4,
+                      num_stages=3, bytes_moved=nbytes)
+
+
+def plan_forward(pred: Tensor, x: Tensor, mask: Tensor, ph: int, pw: int, eps: float) -> LaunchPlan:
+    """pred (S, P, K), x (S, H, W), mask (S, P) float, any strides -> per-program fp32 partial sums num, den
+    (S * n_pblk,), added by the caller."""
+    S, P = mask.shape
+    n = S * triton.cdiv(P, BLOCK_P)
+    return _plan(_norm_pix_mse_fwd, pred, x, mask, ph, pw, eps, (("num_ptr", "*fp32"), ("den_ptr", "*fp32")),
+                 8 * n)
+
+
+def plan_backward(pred: Tensor, x: Tensor, mask: Tensor, ph: int, pw: int, eps: float) -> LaunchPlan:
+    """As forward, with the fp32 scale (1,) in, dpred (S, P, K) contiguous in pred's dtype out."""
+    return _plan(_norm_pix_mse_bwd, pred, x, mask, ph, pw, eps, (("scale_ptr", "*fp32"), ("dpred_ptr", ptr(pred))),
+                 4 + pred.numel() * pred.element_size())
 
 
 def _f32(mask: Tensor) -> Tensor:
@@ -95,14 +121,11 @@ def _f32(mask: Tensor) -> Tensor:
 
 @torch.library.triton_op(f"{LIB}::norm_pix_mse", mutates_args=())
 def _norm_pix_mse_op(pred: Tensor, x: Tensor, mask: Tensor, ph: int, pw: int, eps: float) -> Tensor:
-    S, P, gw, KP = _shape(pred, x, ph, pw)
     mask = _f32(mask)
-    grid = (S, triton.cdiv(P, BLOCK_P))
-    num = torch.empty((grid[0] * grid[1],), device=pred.device, dtype=torch.float32)
+    plan = plan_forward(pred, x, mask, ph, pw, eps)
+    num = torch.empty((plan.grid[0] * plan.grid[1],), device=pred.device, dtype=torch.float32)
     den = torch.empty_like(num)
-    wrap_triton(_norm_pix_mse_fwd)[grid](
-        pred, x, mask, num, den, P, gw, eps, *pred.stride(), *x.stride(), *mask.stride(),
-        PH=ph, PW=pw, KP=KP, BLOCK_P=BLOCK_P, num_warps=4)
+    launch(plan, pred, x, mask, num, den)
     return (num.sum() / den.sum()).to(pred.dtype)  # fixed-order reductions of the partials
 
 
@@ -110,13 +133,10 @@ def _norm_pix_mse_op(pred: Tensor, x: Tensor, mask: Tensor, ph: int, pw: int, ep
 def _norm_pix_mse_backward_op(grad: Tensor, pred: Tensor, x: Tensor, mask: Tensor, ph: int, pw: int,
                               eps: float) -> Tensor:
     """-> dpred (S, P, ph*pw) in pred's dtype."""
-    S, P, gw, KP = _shape(pred, x, ph, pw)
     mask = _f32(mask)
     scale = (grad.float() * (2.0 / (ph * pw)) / mask.sum(dtype=torch.float32)).reshape(1)
-    dpred = torch.empty((S, P, ph * pw), device=pred.device, dtype=pred.dtype)
-    wrap_triton(_norm_pix_mse_bwd)[(S, triton.cdiv(P, BLOCK_P))](
-        pred, x, mask, scale, dpred, P, gw, eps, *pred.stride(), *x.stride(), *mask.stride(),
-        PH=ph, PW=pw, KP=KP, BLOCK_P=BLOCK_P, num_warps=4)
+    dpred = torch.empty((*mask.shape, ph * pw), device=pred.device, dtype=pred.dtype)
+    launch(plan_backward(pred, x, mask, ph, pw, eps), pred, x, mask, scale, dpred)
     return dpred
 
 

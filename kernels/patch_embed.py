@@ -20,7 +20,8 @@ import triton.language as tl
 from torch import Tensor
 
 from . import reference
-from ._dispatch import LIB, autocast_dtype, contiguous, next_pow2, use_triton, wrap_triton
+from ._dispatch import LIB, autocast_dtype, contiguous, next_pow2, use_triton
+from .plan import LaunchPlan, launch, ptr
 
 BLOCK_P_FWD = 32
 BLOCK_P_BWD = 16
@@ -113,18 +114,52 @@ def _patch_embed_bwd(
     tl.store(dw_ptr + dw_off, acc_w, mask=mk[:, None] & md[None, :])
 
 
+def plan_forward(x: Tensor, weight: Tensor, bias: Tensor, pos: Optional[Tensor], ph: int, pw: int) -> LaunchPlan:
+    """The forward launch for x (S, H, W), weight (D, K) and pos (P, D) or None (the bias stands in for its
+    pointer); the output (S, P, D) has the weight's dtype."""
+    S, H, W = x.shape
+    D, K = weight.shape
+    gw = W // pw
+    P = (H // ph) * gw
+    pos_or_b = bias if pos is None else pos
+    args = (("x_ptr", ptr(x)), ("w_ptr", ptr(weight)), ("b_ptr", ptr(bias)), ("pos_ptr", ptr(pos_or_b)),
+            ("out_ptr", ptr(weight)), ("P", P), ("D", D), ("GW", gw),
+            ("sx_s", x.stride(0)), ("sx_h", x.stride(1)), ("sx_w", x.stride(2)))
+    nbytes = (S * P * K * x.element_size() + D * (K + 1) * weight.element_size() + S * P * D * weight.element_size()
+              + (0 if pos is None else P * D * pos.element_size()))
+    return LaunchPlan(_patch_embed_fwd, (S, triton.cdiv(P, BLOCK_P_FWD)), args,
+                      (("PH", ph), ("PW", pw), ("KP", _kp(K)), ("HAS_POS", pos is not None),
+                       ("BLOCK_P", BLOCK_P_FWD), ("BLOCK_D", _bd(D))), num_warps=8, num_stages=3, bytes_moved=nbytes)
+
+
+def plan_backward(grad: Tensor, x: Tensor, weight: Tensor, ph: int, pw: int, need_dx: bool) -> LaunchPlan:
+    """The backward launch: grad (S, P, D), x (S, H, W), weight (D, K); writes dx (x's dtype) when need_dx,
+    and fp32 partial sums dpos (n_split, P, D) and dW.T (n_split, n_pblk, K, D), reduced by the caller."""
+    S, H, W = x.shape
+    D, K = weight.shape
+    gw = W // pw
+    P = (H // ph) * gw
+    n_pblk = triton.cdiv(P, BLOCK_P_BWD)
+    slices = triton.cdiv(S, min(S, MAX_SPLITS))
+    n_split = triton.cdiv(S, slices)
+    args = (("g_ptr", ptr(grad)), ("x_ptr", ptr(x)), ("w_ptr", ptr(weight)), ("dx_ptr", ptr(x)),
+            ("dpos_ptr", "*fp32"), ("dw_ptr", "*fp32"), ("S", S), ("P", P), ("D", D), ("GW", gw), ("H", H),
+            ("W", W), ("SLICES", slices), ("sg_s", grad.stride(0)), ("sg_p", grad.stride(1)),
+            ("sg_d", grad.stride(2)), ("sx_s", x.stride(0)), ("sx_h", x.stride(1)), ("sx_w", x.stride(2)))
+    nbytes = (S * P * D * grad.element_size() + S * P * K * x.element_size() * (2 if need_dx else 1)
+              + D * K * weight.element_size() + 4 * n_split * (P * D + n_pblk * K * D))
+    return LaunchPlan(_patch_embed_bwd, (n_pblk, n_split), args,
+                      (("PH", ph), ("PW", pw), ("KP", _kp(K)), ("NEED_DX", need_dx), ("BLOCK_P", BLOCK_P_BWD),
+                       ("BLOCK_D", _bd(D))), num_warps=8, num_stages=3, bytes_moved=nbytes)
+
+
 @torch.library.triton_op(f"{LIB}::patch_embed", mutates_args=())
 def _patch_embed_op(x: Tensor, weight: Tensor, bias: Tensor, pos: Optional[Tensor], ph: int, pw: int) -> Tensor:
-    S, H, W = x.shape
-    D = weight.shape[0]
-    gh, gw = H // ph, W // pw
-    P = gh * gw
     weight, bias, pos = weight.contiguous(), bias.contiguous(), contiguous(pos)
-    out = torch.empty((S, P, D), device=x.device, dtype=weight.dtype)
-    grid = (S, triton.cdiv(P, BLOCK_P_FWD))
-    wrap_triton(_patch_embed_fwd)[grid](
-        x, weight, bias, bias if pos is None else pos, out, P, D, gw, x.stride(0), x.stride(1), x.stride(2),
-        PH=ph, PW=pw, KP=_kp(ph * pw), HAS_POS=pos is not None, BLOCK_P=BLOCK_P_FWD, BLOCK_D=_bd(D), num_warps=8)
+    plan = plan_forward(x, weight, bias, pos, ph, pw)
+    S, H, W = x.shape
+    out = torch.empty((S, (H // ph) * (W // pw), weight.shape[0]), device=x.device, dtype=weight.dtype)
+    launch(plan, x, weight, bias, bias if pos is None else pos, out)
     return out
 
 
@@ -134,12 +169,10 @@ def _patch_embed_backward_op(grad: Tensor, x: Tensor, weight: Tensor, ph: int, p
     """-> dx (S, H, W) in x's dtype (empty when not need_dx), dW.T (K, D) fp32, dpos (P, D) fp32."""
     S, H, W = x.shape
     D, K = weight.shape
-    gh, gw = H // ph, W // pw
-    P, KP = gh * gw, _kp(K)
     weight = weight.contiguous()
-    n_pblk = triton.cdiv(P, BLOCK_P_BWD)
-    slices = triton.cdiv(S, min(S, MAX_SPLITS))
-    n_split = triton.cdiv(S, slices)
+    plan = plan_backward(grad, x, weight, ph, pw, need_dx)
+    (n_pblk, n_split), (gh, gw) = plan.grid, (H // ph, W // pw)
+    P = gh * gw
     covered = gh * ph == H and gw * pw == W
     if not need_dx:
         dx = torch.empty((0,), device=x.device, dtype=x.dtype)
@@ -149,10 +182,7 @@ def _patch_embed_backward_op(grad: Tensor, x: Tensor, weight: Tensor, ph: int, p
         dx = torch.zeros((S, H, W), device=x.device, dtype=x.dtype)  # pixels past the last patch get 0
     dpos = torch.empty((n_split, P, D), device=x.device, dtype=torch.float32)
     dw = torch.empty((n_split, n_pblk, K, D), device=x.device, dtype=torch.float32)
-    wrap_triton(_patch_embed_bwd)[(n_pblk, n_split)](
-        grad, x, weight, dx, dpos, dw, S, P, D, gw, H, W, slices,
-        grad.stride(0), grad.stride(1), grad.stride(2), x.stride(0), x.stride(1), x.stride(2),
-        PH=ph, PW=pw, KP=KP, NEED_DX=need_dx, BLOCK_P=BLOCK_P_BWD, BLOCK_D=_bd(D), num_warps=8)
+    launch(plan, grad, x, weight, dx, dpos, dw)
     return dx, dw.sum(dim=(0, 1)), dpos.sum(dim=0)
 
 
