@@ -1,6 +1,6 @@
 """mae_gather: keep the visible tokens, in `ids_keep` order: (S, P, D) -> (S, K, D).
 
-Forward copies K rows per slice. Backward is the scatter pattern: each gradient row goes back to the place
+Forward copies K rows per slice, a (BLOCK_K, BLOCK_D) tile per program. Backward is the scatter pattern: each gradient row goes back to the place
 it was taken from, the other rows of dtokens are zero. `ids_keep` must hold distinct indices per slice (a
 prefix of a permutation, as `random_masking` makes), so every row is written at most once and no sum is
 needed. The output keeps the input dtype (autocast does not change it); ids_keep gets no gradient.
@@ -14,7 +14,12 @@ from . import reference
 from ._dispatch import LIB, next_pow2, use_triton
 from .plan import LaunchPlan, launch, ptr
 
-BLOCK_K = 16
+BLOCK_K = 16  # rows per program
+MAX_BLOCK_D = 64  # channels per program (the grid tiles D: 192 is three programs)
+
+
+def _block_d(d: int) -> int:
+    return min(MAX_BLOCK_D, next_pow2(d))
 
 
 @triton.jit
@@ -28,7 +33,7 @@ def _mae_gather_fwd(
 ):
     s = tl.program_id(0).to(tl.int64)
     offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)  # (BLOCK_K,) visible slots
-    offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,) BLOCK_D >= D
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BLOCK_D,) channels
     mk, md = offs_k < K, offs_d < D
     m2 = mk[:, None] & md[None, :]
     src = tl.load(ids_ptr + s * K + offs_k, mask=mk, other=0)  # (BLOCK_K,) patch index of each slot
@@ -47,7 +52,7 @@ def _mae_gather_bwd(
 ):
     s = tl.program_id(0).to(tl.int64)
     offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     mk, md = offs_k < K, offs_d < D
     m2 = mk[:, None] & md[None, :]
     dst = tl.load(ids_ptr + s * K + offs_k, mask=mk, other=0)  # (BLOCK_K,)
@@ -62,8 +67,8 @@ def plan_forward(tokens: Tensor, ids_keep: Tensor) -> LaunchPlan:
     args = (("t_ptr", ptr(tokens)), ("ids_ptr", ptr(ids_keep)), ("out_ptr", ptr(tokens)), ("P", P), ("K", K),
             ("D", D), ("st_s", tokens.stride(0)), ("st_p", tokens.stride(1)), ("st_d", tokens.stride(2)))
     nbytes = 2 * S * K * D * tokens.element_size() + S * K * ids_keep.element_size()
-    return LaunchPlan(_mae_gather_fwd, (S, triton.cdiv(K, BLOCK_K)), args,
-                      (("BLOCK_K", BLOCK_K), ("BLOCK_D", next_pow2(D))), num_warps=4, num_stages=3,
+    return LaunchPlan(_mae_gather_fwd, (S, triton.cdiv(K, BLOCK_K), triton.cdiv(D, _block_d(D))), args,
+                      (("BLOCK_K", BLOCK_K), ("BLOCK_D", _block_d(D))), num_warps=4, num_stages=1,
                       bytes_moved=nbytes)
 
 
@@ -74,8 +79,8 @@ def plan_backward(grad: Tensor, ids_keep: Tensor, P: int) -> LaunchPlan:
     args = (("g_ptr", ptr(grad)), ("ids_ptr", ptr(ids_keep)), ("dt_ptr", ptr(grad)), ("P", P), ("K", K), ("D", D),
             ("sg_s", grad.stride(0)), ("sg_k", grad.stride(1)), ("sg_d", grad.stride(2)))
     nbytes = 2 * S * K * D * grad.element_size() + S * K * ids_keep.element_size()
-    return LaunchPlan(_mae_gather_bwd, (S, triton.cdiv(K, BLOCK_K)), args,
-                      (("BLOCK_K", BLOCK_K), ("BLOCK_D", next_pow2(D))), num_warps=4, num_stages=3,
+    return LaunchPlan(_mae_gather_bwd, (S, triton.cdiv(K, BLOCK_K), triton.cdiv(D, _block_d(D))), args,
+                      (("BLOCK_K", BLOCK_K), ("BLOCK_D", _block_d(D))), num_warps=4, num_stages=1,
                       bytes_moved=nbytes)
 
 

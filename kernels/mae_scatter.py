@@ -18,8 +18,13 @@ from . import reference
 from ._dispatch import LIB, contiguous, next_pow2, use_triton
 from .plan import LaunchPlan, launch, ptr
 
-BLOCK_P = 16
+BLOCK_P = 16  # patch positions per program
+MAX_BLOCK_D = 64  # channels per program (the grid tiles D: the decoder's 128 is two programs)
 MAX_SPLITS = 32  # backward: programs along the slice axis
+
+
+def _block_d(d: int) -> int:
+    return min(MAX_BLOCK_D, next_pow2(d))
 
 
 @triton.jit
@@ -35,7 +40,7 @@ def _mae_scatter_fwd(
 ):
     s = tl.program_id(0).to(tl.int64)
     offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)  # (BLOCK_P,) patch positions
-    offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,) BLOCK_D >= D
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BLOCK_D,) channels
     mp, md = offs_p < P, offs_d < D
     m2 = mp[:, None] & md[None, :]
     r = tl.load(ids_ptr + s * P + offs_p, mask=mp, other=K)  # (BLOCK_P,) slot in [kept..., removed...]
@@ -63,7 +68,7 @@ def _mae_scatter_bwd(
 ):
     pid_p, split = tl.program_id(0), tl.program_id(1)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     mp, md = offs_p < P, offs_d < D
     m2 = mp[:, None] & md[None, :]
     acc_pos = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
@@ -95,9 +100,10 @@ def plan_forward(visible: Tensor, ids_restore: Tensor, mask_token: Tensor, pos: 
             ("sv_s", visible.stride(0)), ("sv_k", visible.stride(1)), ("sv_d", visible.stride(2)))
     nbytes = ((S * K + S * P) * D * visible.element_size() + S * P * ids_restore.element_size()
               + D * mask_token.element_size() + (0 if pos is None else P * D * pos.element_size()))
-    return LaunchPlan(_mae_scatter_fwd, (S, triton.cdiv(P, BLOCK_P)), args,
-                      (("HAS_POS", pos is not None), ("BLOCK_P", BLOCK_P), ("BLOCK_D", next_pow2(D))),
-                      num_warps=4, num_stages=3, bytes_moved=nbytes)
+    bd = _block_d(D)
+    return LaunchPlan(_mae_scatter_fwd, (S, triton.cdiv(P, BLOCK_P), triton.cdiv(D, bd)), args,
+                      (("HAS_POS", pos is not None), ("BLOCK_P", BLOCK_P), ("BLOCK_D", bd)),
+                      num_warps=4, num_stages=1, bytes_moved=nbytes)
 
 
 def plan_backward(grad: Tensor, ids_restore: Tensor, K: int) -> LaunchPlan:
@@ -112,8 +118,9 @@ def plan_backward(grad: Tensor, ids_restore: Tensor, K: int) -> LaunchPlan:
             ("sg_s", grad.stride(0)), ("sg_p", grad.stride(1)), ("sg_d", grad.stride(2)))
     nbytes = ((S * P + S * K) * D * grad.element_size() + S * P * ids_restore.element_size()
               + 4 * n_split * (n_pblk + P) * D)
-    return LaunchPlan(_mae_scatter_bwd, (n_pblk, n_split), args, (("BLOCK_P", BLOCK_P), ("BLOCK_D", next_pow2(D))),
-                      num_warps=4, num_stages=3, bytes_moved=nbytes)
+    bd = _block_d(D)
+    return LaunchPlan(_mae_scatter_bwd, (n_pblk, n_split, triton.cdiv(D, bd)), args,
+                      (("BLOCK_P", BLOCK_P), ("BLOCK_D", bd)), num_warps=4, num_stages=1, bytes_moved=nbytes)
 
 
 @torch.library.triton_op(f"{LIB}::mae_scatter", mutates_args=())
@@ -133,7 +140,7 @@ def _mae_scatter_backward_op(grad: Tensor, ids_restore: Tensor, K: int) -> tuple
     S, P, D = grad.shape
     ids_restore = ids_restore.to(torch.int64).contiguous()
     plan = plan_backward(grad, ids_restore, K)
-    n_pblk, n_split = plan.grid
+    n_pblk, n_split, _ = plan.grid
     dvisible = torch.empty((S, K, D), device=grad.device, dtype=grad.dtype)
     dmask = torch.empty((n_split, n_pblk, D), device=grad.device, dtype=torch.float32)
     dpos = torch.empty((n_split, P, D), device=grad.device, dtype=torch.float32)

@@ -14,18 +14,22 @@ from torch import Tensor
 
 from . import reference
 from ._dispatch import LIB, next_pow2, use_triton
+from ._patches import load_patches
 from .plan import LaunchPlan, launch, ptr
 
-BLOCK_P = 32
+MAX_BLOCK_P = 32  # patches per program
+TILE = 2048  # at most BLOCK_P x KP values per tile: 7x2 patches take 32 a program, demo's 21x23 take 4
+
+
+def _block_p(kp: int) -> int:
+    return max(1, min(MAX_BLOCK_P, TILE // kp))
 
 
 @triton.jit
 def _normalized_target(x_ptr, s, offs_p, offs_k, m2, GW, sx_s, sx_h, sx_w, eps,
                        PH: tl.constexpr, PW: tl.constexpr):
     """(BLOCK_P, KP) target patches of slice s, normalized by their mean and unbiased variance, in fp32."""
-    x_tl = x_ptr + s * sx_s + (offs_p // GW) * PH * sx_h + (offs_p % GW) * PW * sx_w  # top-left pixels
-    pix = (offs_k // PW) * sx_h + (offs_k % PW) * sx_w
-    t = tl.load(x_tl[:, None] + pix[None, :], mask=m2, other=0.0).to(tl.float32)
+    t = load_patches(x_ptr, s, offs_p, offs_k, m2, GW, sx_s, sx_h, sx_w, PH, PW)
     mean = tl.sum(t, axis=1) / (PH * PW)  # (BLOCK_P,)
     diff = tl.where(m2, t - mean[:, None], 0.0)
     var = tl.sum(diff * diff, axis=1) / (PH * PW - 1)  # unbiased, as MAE's norm_pix_loss
@@ -95,16 +99,17 @@ def _plan(kernel, pred: Tensor, x: Tensor, mask: Tensor, ph: int, pw: int, eps: 
             ("sx_s", x.stride(0)), ("sx_h", x.stride(1)), ("sx_w", x.stride(2)), ("sm_s", mask.stride(0)),
             ("sm_p", mask.stride(1)))
     nbytes = S * P * (K * (pred.element_size() + x.element_size()) + mask.element_size()) + nbytes_out
-    return LaunchPlan(kernel, (S, triton.cdiv(P, BLOCK_P)), args,
-                      (("PH", ph), ("PW", pw), ("KP", max(2, next_pow2(K))), ("BLOCK_P", BLOCK_P)), num_warps=4,
-                      num_stages=3, bytes_moved=nbytes)
+    kp = max(2, next_pow2(K))
+    bp = _block_p(kp)
+    return LaunchPlan(kernel, (S, triton.cdiv(P, bp)), args, (("PH", ph), ("PW", pw), ("KP", kp), ("BLOCK_P", bp)),
+                      num_warps=4, num_stages=1, bytes_moved=nbytes)
 
 
 def plan_forward(pred: Tensor, x: Tensor, mask: Tensor, ph: int, pw: int, eps: float) -> LaunchPlan:
     """pred (S, P, K), x (S, H, W), mask (S, P) float, any strides -> per-program fp32 partial sums num, den
     (S * n_pblk,), added by the caller."""
     S, P = mask.shape
-    n = S * triton.cdiv(P, BLOCK_P)
+    n = S * triton.cdiv(P, _block_p(max(2, next_pow2(ph * pw))))
     return _plan(_norm_pix_mse_fwd, pred, x, mask, ph, pw, eps, (("num_ptr", "*fp32"), ("den_ptr", "*fp32")),
                  8 * n)
 

@@ -1,5 +1,6 @@
 """The launches the engine's presets make: every op's forward and backward plan at each preset's shapes, under
-each precision the engine uses, with and without the position embedding, with and without dx.
+each precision the engine uses, with and without the position embedding, with and without dx (patch_embed's
+dx kernel runs only when x requires grad).
 
 This is data the GPU-target checks read (`kernels.targets`, tests/test_kernel_targets.py, bench/kernel_report.py);
 it is written out here because `kernels` never imports `stvit`, and tests/test_kernel_targets.py holds it equal
@@ -17,7 +18,7 @@ import torch
 from .mae_gather import plan_backward as gather_bwd, plan_forward as gather_fwd
 from .mae_scatter import plan_backward as scatter_bwd, plan_forward as scatter_fwd
 from .norm_pix_mse import plan_backward as loss_bwd, plan_forward as loss_fwd
-from .patch_embed import plan_backward as embed_bwd, plan_forward as embed_fwd
+from .patch_embed import plan_backward as embed_bwd, plan_backward_dx as embed_dx, plan_forward as embed_fwd
 from .plan import LaunchPlan
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -52,7 +53,7 @@ class Launch:
     preset: str
     precision: str
     op: str
-    variant: str  # "fwd" / "bwd", with "+pos" / "-pos" or "+dx" / "-dx" where the op has that choice
+    variant: str  # "fwd" / "bwd" ("+pos" / "-pos" where the op has that choice; patch_embed's "bwd.dx" for dx)
     plan: LaunchPlan
 
     @property
@@ -82,8 +83,8 @@ def launches(preset: str, precision: str) -> list[Launch]:
         add("patch_embed", f"fwd{sign}pos", embed_fwd(x, w, b, _t(P, D, dtype=f32) if has_pos else None, ph, pw))
         add("mae_scatter", f"fwd{sign}pos",
             scatter_fwd(_t(S, K, Dd, dtype=dt), ids_restore, token, _t(P, Dd, dtype=f32) if has_pos else None))
-    for need_dx in (True, False):
-        add("patch_embed", f"bwd{'+' if need_dx else '-'}dx", embed_bwd(_t(S, P, D, dtype=dt), x, w, ph, pw, need_dx))
+    add("patch_embed", "bwd", embed_bwd(_t(S, P, D, dtype=dt), x, w, ph, pw))
+    add("patch_embed", "bwd.dx", embed_dx(_t(S, P, D, dtype=dt), x, w, ph, pw))  # when x requires grad
     add("mae_gather", "fwd", gather_fwd(_t(S, P, D, dtype=dt), ids_keep))
     add("mae_gather", "bwd", gather_bwd(_t(S, K, D, dtype=dt), ids_keep, P))
     add("mae_scatter", "bwd", scatter_bwd(_t(S, P, Dd, dtype=dt), ids_restore, K))
