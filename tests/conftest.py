@@ -18,10 +18,9 @@ def _seed():
 
 # --- fused-op tests ------------------------------------------------------------------------------------------
 
-# Per dtype: (atol, rtol). atol is relative to the scale of the tensor compared (max |ref|, at least 1): it
-# absorbs fp32 summation-order noise. rtol is one unit of the dtype's precision: the fused ops accumulate in
-# fp32 and round once, so they may land on the other neighbour of a value the reference rounds exactly.
-TOL = {torch.float32: (2e-5, 2e-5), torch.float16: (2e-5, 2.0 ** -10), torch.bfloat16: (2e-5, 2.0 ** -7)}
+# The three-way rule and its per-dtype (atol, rtol) live with the ops (`kernels.select`: the startup self-check
+# uses them too).
+from kernels.select import three_way as three_way_rule  # noqa: E402
 
 
 @pytest.fixture(params=["cpu", "cuda"])
@@ -47,12 +46,8 @@ def assert_three_way(out, out_pt, ref, name="output"):
     """
     assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
     assert out.dtype == out_pt.dtype, f"{name}: dtype {out.dtype} != reference's {out_pt.dtype}"
-    atol, rtol = TOL[out.dtype]
+    bad, err, _, scale = three_way_rule(out, out_pt, ref)  # NaN counts as a mismatch
     out, out_pt, ref = (t.detach().float().cpu() for t in (out, out_pt, ref))
-    scale = max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
-    bound = 2 * (out_pt - ref).abs() + atol * scale + rtol * ref.abs()
-    err = (out - ref).abs()
-    bad = ~(err <= bound)  # NaN counts as a mismatch
     if bad.any():
         idx = bad.nonzero()[:8].tolist()
         rows = [f"  at {tuple(i)}: fused {out[tuple(i)].item():.6g}, reference at dtype {out_pt[tuple(i)].item():.6g},"

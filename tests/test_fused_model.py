@@ -150,7 +150,8 @@ def test_cuda_trace_contains_the_triton_kernels():
     if not lines:
         pytest.skip(f"fake CUDA tensors are not available here: {proc.stderr.strip().splitlines()[-1:]}")
     assert lines[0].split()[1:] == ["_patch_embed_fwd", "_mae_gather_fwd", "_mae_scatter_fwd", "_norm_pix_mse_fwd",
-                                    "_patch_embed_bwd", "_mae_gather_bwd", "_mae_scatter_bwd", "_norm_pix_mse_bwd"]
+                                    "_patch_embed_bwd", "_patch_embed_bwd_dx", "_mae_gather_bwd", "_mae_scatter_bwd",
+                                    "_norm_pix_mse_bwd"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
