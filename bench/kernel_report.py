@@ -49,6 +49,19 @@ def device_records(launches) -> list[dict]:
     return out
 
 
+# launches whose name changed since the first report: patch_embed's backward was one kernel with dx inside
+RENAMED = {"patch_embed.bwd": "patch_embed.bwd-dx", "patch_embed.bwd.dx": "patch_embed.bwd+dx"}
+
+
+def _before(before: dict, la_id: str, cc: int) -> dict | None:
+    if (la_id, cc) in before:
+        return before[(la_id, cc)]
+    for new, old in RENAMED.items():
+        if la_id.endswith(new):
+            return before.get((la_id[: -len(new)] + old, cc))
+    return None
+
+
 def _cell(r: dict | None) -> str:
     if r is None:
         return "-"
@@ -81,7 +94,9 @@ def markdown(report: dict) -> str:
              "Registers per thread (r), theoretical occupancy (resident warps / the SM's maximum) and the limit that "
              "binds it, per target: sm75 (T4), sm80 (A100), sm89 (L4, RTX 4090), sm90 (H100, H200). Stack bytes are "
              "register spills to local memory. Occupancy is computed from the cubin's registers and shared memory "
-             "and the limits in `kernels/targets.py`.", ""]
+             "and the limits in `kernels/targets.py`."
+             + (f" The before columns are `{report['before']['file']}` (commit {report['before']['commit']})."
+                if report.get("before") else ""), ""]
     for title, presets in (("paper and notebook", ("paper", "notebook")), ("demo", ("demo",))):
         shapes = PROBLEMS[presets[0]]
         lines += [f"## Occupancy at the {title} plans", "",
@@ -101,7 +116,7 @@ def markdown(report: dict) -> str:
             row = (f"| {op} | {variant} | {prec} | {any_r['plan']['num_warps']} | {shared} | "
                    + " | ".join(_cell(by_cc.get(cc)) for cc in TARGETS))
             if before and presets[0] == "paper":
-                row += " | " + " | ".join(_cell(before.get((any_r["id"], cc))) for cc in (80, 90))
+                row += " | " + " | ".join(_cell(_before(before, any_r["id"], cc)) for cc in (80, 90))
             lines.append(row + " |")
         lines.append("")
     lines += ["## Traffic floor at the paper shape", "",
@@ -168,8 +183,9 @@ def main(argv=None) -> int:
               "notes": NOTES, "records": records}
     if a.before:
         keep = ("id", "cc", "ok", "registers", "stack", "local", "occupancy", "limited_by")
-        report["before"] = {"file": str(a.before), "records": [{k: r.get(k) for k in keep} for r in
-                                                                json.loads(a.before.read_text())["records"]]}
+        old = json.loads(a.before.read_text())
+        report["before"] = {"file": str(a.before), "commit": old["meta"]["commit"],
+                            "records": [{k: r.get(k) for k in keep} for r in old["records"]]}
     if a.device and torch.cuda.is_available():
         report["device"] = device_records(launches)
     (a.out / "kernel_resources.json").write_text(json.dumps(report, indent=1))
