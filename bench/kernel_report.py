@@ -6,7 +6,8 @@ writes DIR/kernel_resources.json (every record) and DIR/kernel_resources.md: reg
 (spill) bytes, shared memory, theoretical occupancy and what limits it, the bytes each launch moves and the time
 that traffic takes at the bandwidth of a T4, an A100, an H100 SXM and an H200 (the floor no kernel beats).
 
-    python bench/kernel_report.py --out DIR [--presets paper demo] [--before OLD/kernel_resources.json] [--device]
+    python bench/kernel_report.py --out DIR [--presets paper demo] [--precisions bf16] [--cc 80 90] [--jobs N]
+                                  [--before OLD/kernel_resources.json] [--device]
 
 `--before` adds the occupancy of an earlier report beside each paper/notebook row. `--device` (on a CUDA
 machine) also compiles each plan for the GPU at hand through the driver and records the registers and spills
@@ -28,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from kernels.problems import PROBLEMS, all_launches  # noqa: E402
+from kernels.problems import PRECISIONS, PROBLEMS, all_launches  # noqa: E402
 from kernels.targets import ARCHS, TARGETS, check_all, compile_plan, tool_versions  # noqa: E402
 
 BANDWIDTH_GBPS = {"T4": 320, "A100": 1560, "H100 SXM": 3350, "H200": 4800}
+H100_SMS = 132  # H100 SXM (the H200 has the same 132 SMs)
 GOAL = {"min": 0.25, "target": 0.5, "targets": (80, 90), "presets": ("paper", "notebook")}
 
 
@@ -97,14 +99,17 @@ def markdown(report: dict) -> str:
              "and the limits in `kernels/targets.py`."
              + (f" The before columns are `{report['before']['file']}` (commit {report['before']['commit']})."
                 if report.get("before") else ""), ""]
+    ccs = sorted({r["cc"] for r in recs})
     for title, presets in (("paper and notebook", ("paper", "notebook")), ("demo", ("demo",))):
+        if not _rows(recs, presets):
+            continue
         shapes = PROBLEMS[presets[0]]
         lines += [f"## Occupancy at the {title} plans", "",
                   f"S = {shapes.slices} slices of {shapes.height}x{shapes.width}, patch {shapes.patch}, D = "
                   f"{shapes.dim}, decoder D = {shapes.decoder_dim}, K = {shapes.keep} visible of "
                   f"{shapes.num_patches}.", ""]
-        head = "| op | launch | precision | warps | shared B | " + " | ".join(f"sm{cc}" for cc in TARGETS)
-        sep = "|---|---|---|---:|---:|" + "---|" * len(TARGETS)
+        head = "| op | launch | precision | warps | shared B | " + " | ".join(f"sm{cc}" for cc in ccs)
+        sep = "|---|---|---|---:|---:|" + "---|" * len(ccs)
         if before and presets[0] == "paper":
             head += " | before sm80 | before sm90"
             sep += "---|---|"
@@ -114,21 +119,28 @@ def markdown(report: dict) -> str:
             shared = max((r["shared_static"] + r["shared_dynamic"]) for r in by_cc.values() if r["ok"]) \
                 if any(r["ok"] for r in by_cc.values()) else "-"
             row = (f"| {op} | {variant} | {prec} | {any_r['plan']['num_warps']} | {shared} | "
-                   + " | ".join(_cell(by_cc.get(cc)) for cc in TARGETS))
+                   + " | ".join(_cell(by_cc.get(cc)) for cc in ccs))
             if before and presets[0] == "paper":
                 row += " | " + " | ".join(_cell(_before(before, any_r["id"], cc)) for cc in (80, 90))
             lines.append(row + " |")
         lines.append("")
     lines += ["## Traffic floor at the paper shape", "",
               "Bytes one launch must read and write (each once), and the time that takes at the card's peak DRAM "
-              "bandwidth (" + ", ".join(f"{k} {v / 1000:g} TB/s" for k, v in BANDWIDTH_GBPS.items()) + ").", "",
-              "| op | launch | precision | grid | MB | " + " | ".join(f"{k} us" for k in BANDWIDTH_GBPS) + " |",
-              "|---|---|---|---|---:|" + "---:|" * len(BANDWIDTH_GBPS)]
+              "bandwidth (" + ", ".join(f"{k} {v / 1000:g} TB/s" for k, v in BANDWIDTH_GBPS.items()) + "). H100 "
+              f"waves: programs / ({H100_SMS} SMs x the blocks an sm90 SM holds at once); below 1, part of the "
+              "GPU has no work.", "",
+              "| op | launch | precision | grid | H100 waves | MB | " + " | ".join(f"{k} us" for k in BANDWIDTH_GBPS)
+              + " |", "|---|---|---|---|---:|---:|" + "---:|" * len(BANDWIDTH_GBPS)]
     for (op, variant, prec), by_cc in _rows(recs, ("paper",)).items():
         p = next(iter(by_cc.values()))["plan"]
         floor = " | ".join(f"{p['bytes_moved'] / (bw * 1e3):.1f}" for bw in BANDWIDTH_GBPS.values())
-        lines.append(f"| {op} | {variant} | {prec} | {'x'.join(map(str, p['grid']))} | {p['bytes_moved'] / 1e6:.2f} | "
-                     f"{floor} |")
+        programs = 1
+        for g in p["grid"]:
+            programs *= g
+        sm90 = by_cc.get(90)
+        waves = f"{programs / (H100_SMS * sm90['blocks_per_sm']):.1f}" if sm90 and sm90["ok"] else "-"
+        lines.append(f"| {op} | {variant} | {prec} | {'x'.join(map(str, p['grid']))} | {waves} | "
+                     f"{p['bytes_moved'] / 1e6:.2f} | {floor} |")
     short = [r for r in recs if r["ok"] and r["preset"] in GOAL["presets"] and r["cc"] in GOAL["targets"]
              and r["occupancy"] < GOAL["target"]]
     lines += ["", "## Goal", "",
@@ -155,6 +167,11 @@ NOTES = [
     "mae_gather, mae_scatter and norm_pix_mse move each byte once and do a few operations per byte; patch_embed "
     "does 2 x 14 FLOPs per output value; all eight kernels are bound by memory traffic, so occupancy matters for "
     "the bytes in flight it keeps, not for arithmetic.",
+    "Registers depend on Triton's argument specialization (a scalar equal to 1 becomes a constant, a multiple of "
+    "16 gets a divisibility hint): each record is compiled as Triton's launcher compiles that plan for tensors of "
+    "the preset's shapes with the strides the engine passes (contiguous), so a compile from a hand-written "
+    "signature can differ. Under torch.compile, Inductor launches the same kernels with its own argument analysis.",
+    "Compile time above is what this run spent; Triton's on-disk cache skips what an earlier run compiled.",
 ]
 
 
@@ -162,14 +179,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python bench/kernel_report.py", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--presets", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
+    ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS))
+    ap.add_argument("--cc", nargs="+", type=int, default=list(TARGETS), choices=list(ARCHS), help="targets")
     ap.add_argument("--jobs", type=int, default=2, help="compile processes")
     ap.add_argument("--before", type=Path, help="an earlier kernel_resources.json to compare with")
     ap.add_argument("--device", action="store_true", help="also compile for this machine's GPU (needs CUDA)")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
-    launches = all_launches(a.presets)
+    launches = [la for la in all_launches(a.presets) if la.precision in a.precisions]
     t = time.perf_counter()
-    records = check_all(launches, TARGETS, a.jobs)
+    records = check_all(launches, a.cc, a.jobs)
     import subprocess
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

@@ -19,6 +19,7 @@ from ._dispatch import LIB, contiguous, next_pow2, use_triton
 from .plan import LaunchPlan, launch, ptr
 
 BLOCK_P = 16  # patch positions per program
+BLOCK_P_BWD = 8  # backward: smaller, for programs enough to fill an H100 (13 x 31 x 2 would be 806)
 MAX_BLOCK_D = 64  # channels per program (the grid tiles D: the decoder's 128 is two programs)
 MAX_SPLITS = 32  # backward: programs along the slice axis
 
@@ -110,7 +111,7 @@ def plan_backward(grad: Tensor, ids_restore: Tensor, K: int) -> LaunchPlan:
     """grad (S, P, D) any strides, ids_restore (S, P) int64 contiguous -> dvisible (S, K, D) in grad's dtype,
     and fp32 partial sums dmask (n_split, n_pblk, D) and dpos (n_split, P, D), reduced by the caller."""
     S, P, D = grad.shape
-    n_pblk = triton.cdiv(P, BLOCK_P)
+    n_pblk = triton.cdiv(P, BLOCK_P_BWD)
     slices = triton.cdiv(S, min(S, MAX_SPLITS))
     n_split = triton.cdiv(S, slices)
     args = (("g_ptr", ptr(grad)), ("ids_ptr", ptr(ids_restore)), ("dv_ptr", ptr(grad)), ("dm_ptr", "*fp32"),
@@ -120,7 +121,7 @@ def plan_backward(grad: Tensor, ids_restore: Tensor, K: int) -> LaunchPlan:
               + 4 * n_split * (n_pblk + P) * D)
     bd = _block_d(D)
     return LaunchPlan(_mae_scatter_bwd, (n_pblk, n_split, triton.cdiv(D, bd)), args,
-                      (("BLOCK_P", BLOCK_P), ("BLOCK_D", bd)), num_warps=4, num_stages=1, bytes_moved=nbytes)
+                      (("BLOCK_P", BLOCK_P_BWD), ("BLOCK_D", bd)), num_warps=4, num_stages=1, bytes_moved=nbytes)
 
 
 @torch.library.triton_op(f"{LIB}::mae_scatter", mutates_args=())
