@@ -194,7 +194,8 @@ def main(argv=None) -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1]).stdout.strip() or "n/a"
     report = {"meta": {"date": datetime.date.today().isoformat(),
-                       "command": "python bench/kernel_report.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                       "command": os.environ.get("KERNEL_REPORT_VIA", "python bench/kernel_report.py") + " "
+                       + " ".join(argv if argv is not None else sys.argv[1:]),
                        "commit": commit, "versions": tool_versions(), "torch": torch.__version__,
                        "python": platform.python_version(), "host": f"{platform.machine()} CPU, {os.cpu_count()} cores",
                        "seconds": time.perf_counter() - t},

@@ -12,4 +12,4 @@ if ! "$VENV/bin/python" -c "import torch, triton; assert triton.__version__ == '
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "torch==2.13.0" "triton==3.6.0"
 fi
-exec "$VENV/bin/python" bench/kernel_report.py "$@"
+KERNEL_REPORT_VIA="bash bench/kernel_report_triton36.sh" exec "$VENV/bin/python" bench/kernel_report.py "$@"
