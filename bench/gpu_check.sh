@@ -128,7 +128,8 @@ else
   # timeout here still leaves the finished tests in tests.log
   run_section tests     100   40 "$OUT/tests.log" "$PY" -m pytest -q -p no:cacheprovider -rfEs -k cuda \
       tests/test_patch_embed.py tests/test_mae_gather.py tests/test_mae_scatter.py tests/test_norm_pix_mse.py \
-      tests/test_parity.py tests/test_fused_model.py tests/test_sdpa.py tests/test_precision.py tests/test_compile.py
+      tests/test_kernel_select.py tests/test_parity.py tests/test_fused_model.py tests/test_sdpa.py \
+      tests/test_precision.py tests/test_compile.py
   run_section profile    60   10 "$LOG" "$PY" -m stvit.profile --preset paper --stage mae --variant fused+compile \
       --steps 40 --warmup 3 --profile-steps 3 --out "$WORK/profile"
 fi

@@ -110,3 +110,12 @@ def test_self_check_leaves_the_callers_random_stream_alone(interpreter):
     torch.manual_seed(3)
     select("auto", "cpu", torch.float32, check=True)
     assert torch.equal(torch.rand(4), want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_self_check_passes_every_op(dtype):
+    """On a GPU the default check runs the compiled kernels; forced fused mode raises if any op fails."""
+    sel = select("fused", "cuda", dtype)
+    assert sel.checked and sel.fused == list(OPS), sel.to_json()
+    assert sel.check_seconds < 60  # compiling the kernels on first use included
