@@ -84,7 +84,7 @@ def _rows(records, presets):
 
 def markdown(report: dict) -> str:
     m, recs = report["meta"], report["records"]
-    before = {(r["id"], r["cc"]): r for r in (report.get("before") or {}).get("records", [])}
+    before = {(r["id"], r["cc"]): r for r in report.get("before_records", [])}
     lines = [f"# Kernel resources: triton {m['versions']['triton']}", "",
              f"- date: {m['date']}", f"- command: `{m['command']}`", f"- commit: {m['commit']}",
              f"- software: torch {m['torch']}, triton {m['versions']['triton']}, ptxas "
@@ -175,6 +175,14 @@ NOTES = [
 ]
 
 
+def _dumps(report: dict) -> str:
+    """JSON with one record per line (readable, diffable)."""
+    lists = {k: v for k, v in report.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
+    head = json.dumps({k: v for k, v in report.items() if k not in lists}, indent=1)[:-2]
+    parts = [f',\n "{k}": [\n' + ",\n".join("  " + json.dumps(r) for r in v) + "\n ]" for k, v in lists.items()]
+    return head + "".join(parts) + "\n}\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python bench/kernel_report.py", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -204,11 +212,11 @@ def main(argv=None) -> int:
     if a.before:
         keep = ("id", "cc", "ok", "registers", "stack", "local", "occupancy", "limited_by")
         old = json.loads(a.before.read_text())
-        report["before"] = {"file": str(a.before), "commit": old["meta"]["commit"],
-                            "records": [{k: r.get(k) for k in keep} for r in old["records"]]}
+        report["before"] = {"file": str(a.before), "commit": old["meta"]["commit"]}
+        report["before_records"] = [{k: r.get(k) for k in keep} for r in old["records"]]
     if a.device and torch.cuda.is_available():
         report["device"] = device_records(launches)
-    (a.out / "kernel_resources.json").write_text(json.dumps(report, indent=1))
+    (a.out / "kernel_resources.json").write_text(_dumps(report))
     (a.out / "kernel_resources.md").write_text(markdown(report))
     bad = [r for r in records if not r["ok"]]
     print(f"{len(records)} records ({len(bad)} failed to compile) in {report['meta']['seconds']:.0f} s -> "
