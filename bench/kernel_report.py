@@ -175,6 +175,16 @@ NOTES = [
 ]
 
 
+def _commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=20,
+                              cwd=Path(__file__).resolve().parents[1]).stdout.strip() or "n/a"
+    except OSError:  # no git on this machine
+        return "n/a"
+
+
 def _dumps(report: dict) -> str:
     """JSON with one record per line (readable, diffable)."""
     lists = {k: v for k, v in report.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
@@ -197,10 +207,7 @@ def main(argv=None) -> int:
     launches = [la for la in all_launches(a.presets) if la.precision in a.precisions]
     t = time.perf_counter()
     records = check_all(launches, a.cc, a.jobs)
-    import subprocess
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[1]).stdout.strip() or "n/a"
+    commit = _commit()
     report = {"meta": {"date": datetime.date.today().isoformat(),
                        "command": os.environ.get("KERNEL_REPORT_VIA", "python bench/kernel_report.py") + " "
                        + " ".join(argv if argv is not None else sys.argv[1:]),
