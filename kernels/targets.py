@@ -8,7 +8,9 @@ with the wheel's `cuobjdump -res-usage`; the dynamic shared memory is the compil
 `occupancy` is the theoretical occupancy (resident warps per SM / the SM's maximum) from registers, shared
 memory, warps per block and the architecture's limits (`ARCHS`).
 
-Compiling needs compiled `@triton.jit` functions: in a process where TRITON_INTERPRET=1 was set before triton
+The specialization goes through Triton's own (private) JIT binder, `create_function_from_signature` and
+`JITFunction._pack_args`, as in triton 3.6 to 3.9: a Triton that changes them shows up here as a compile error,
+not as a silent drift. Compiling needs compiled `@triton.jit` functions: in a process where TRITON_INTERPRET=1 was set before triton
 was imported (the CPU test suite), run it in a fresh process without it: `python -m kernels.targets --json F`
 (what tests/test_kernel_targets.py and bench/kernel_report.py do).
 """
