@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 PRESETS = ("paper", "notebook", "demo")
 STAGES = ("pretrain", "finetune")  # the training stages, in order; each has an OptimConfig section of its name
 LEGACY_SECTIONS = {"mae": "pretrain"}  # old name -> name; configs that use the old one still load
-KERNELS = ("eager", "fused")
+KERNELS = ("auto", "fused", "eager")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "step", "constant")
@@ -107,7 +107,10 @@ class ModelConfig:
     norm_eps: float = 1e-6
     init_std: float = 0.02
     pos_init: str = "sincos"  # learnable position embeddings start as MAE's sin-cos table ("normal": N(0, init_std))
-    kernels: str = "eager"  # "eager" (plain-torch reference ops) or "fused" (Triton kernels)
+    # "auto": the Triton kernels on a GPU, each after a startup self-check (the reference for an op that fails it,
+    # with a warning), the reference on a CPU; "fused": the kernels, a failed self-check is an error; "eager": the
+    # plain-torch reference ops everywhere
+    kernels: str = "auto"
 
     def __post_init__(self):
         self.check()

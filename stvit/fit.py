@@ -115,8 +115,10 @@ def fit(setup: StageSetup, run: RunDir, splits: Splits, resume: dict[str, Any] |
                       skipped_steps=stats.skipped)
         if stage.evaluates:
             record.update(validate(setup, splits, test=t.select_on_test))
-        if epoch == start and t.compile:
-            record["compile_seconds"] = setup.compile_seconds
+        if epoch == start:
+            record["kernels"] = setup.ops.to_json()  # which ops ran fused, and why
+            if t.compile:
+                record["compile_seconds"] = setup.compile_seconds
         run.log(record)
         extra = {}
         if stage.evaluates:

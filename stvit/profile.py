@@ -342,8 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
         "how the step runs: baseline (the seed's way: eager, no compile, a host DataLoader, torch's AdamW), "
         "eager+compile, fused+compile (the engine's fast path); --kernels/--compile/--loader override its parts; "
         "default: fused+compile"))
-    ap.add_argument("--kernels", choices=KERNELS, help="the patch/mask ops (fused Triton kernels or the eager "
-                                                       "reference); default: the variant's")
+    ap.add_argument("--kernels", choices=KERNELS, help="the patch/mask ops: auto (the Triton kernels after a "
+                                                       "self-check on a GPU), fused, or eager (the reference); "
+                                                       "default: the variant's")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile the step; default: the variant's")
     ap.add_argument("--loader", choices=("device", "host"), help="the split resident on the device, or a host "

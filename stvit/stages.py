@@ -12,11 +12,14 @@ here, so what they time is what trains: the same graph, the same noise.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
+
+import kernels.select
 
 from . import distributed as DIST
 from . import steps
@@ -24,6 +27,7 @@ from .config import Config, ModelConfig, OptimConfig
 from .data.augment import Augment
 from .data.batches import shard_bounds
 from .engine import make_optimizer, param_groups
+from .errors import UserError
 from .model import MAE, SpatioTemporalClassifier
 from .precision import Precision
 from .rng import Stream, device_generator, stage_seed
@@ -67,6 +71,22 @@ class MaskNoise:
         return noise[self.rows[0]:self.rows[1]]  # (S, P) for this rank's S slices
 
 
+def choose_ops(cfg: Config, device: torch.device, precision: Precision) -> kernels.select.Selection:
+    """The ops of a run (`kernels.select` for `model.kernels`, the device and the autocast dtype), once per process
+    and setting: the self-check on a GPU runs once, before the first stage. In `fused` mode an op that fails its
+    self-check is a UserError: the user asked for the kernels and they do not work here."""
+    try:
+        return _select(cfg.model.kernels, str(device), precision.dtype, tuple(cfg.model.patch))
+    except kernels.select.KernelCheckError as e:
+        raise UserError(f"--kernels fused: {e.op} failed its startup self-check on {device} ({e.reason}); "
+                        "--kernels auto falls back to the reference for it") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _select(mode: str, device: str, dtype: torch.dtype, patch: tuple[int, int]) -> kernels.select.Selection:
+    return kernels.select.select(mode, device, dtype, patch=patch)
+
+
 @dataclass
 class StageSetup:
     """Everything it takes to step a stage: `step(x, y) -> (loss, logits or None)` is what the loop calls."""
@@ -83,6 +103,7 @@ class StageSetup:
     eval_fn: steps.Timed | None  # (compiled) logits for evaluation, stages that evaluate
     noise: MaskNoise | None
     seed: int  # the stage's seed (`rng.stage_seed`): data order, flips, augmentations and masks
+    ops: kernels.select.Selection  # which of the four ops are fused, and why
     augment: Augment | None = None  # the batch augmentations other than flips (`cfg.augment.ops`)
 
     @property
@@ -122,7 +143,8 @@ def setup_stage(stage: Stage | str, cfg: Config, device: torch.device, *, precis
     precision = precision or Precision.resolve(cfg.train.precision, device)
     compile = cfg.train.compile if compile is None else compile
     optim = cfg.optim(stage.name)
-    model = stage.build_model(cfg.model).to(device)
+    ops = choose_ops(cfg, device, precision)
+    model = stage.build_model(cfg.model).to(device).use_ops(ops.ops)
     if init is not None:
         init(model)
     if fused_adamw:
@@ -150,4 +172,4 @@ def setup_stage(stage: Stage | str, cfg: Config, device: torch.device, *, precis
     if stage.evaluates:
         eval_fn = steps.build(steps.classifier_logits, model, precision, compile=compile, name=f"{stage.name} eval")
     return StageSetup(stage, cfg, device, precision, model, optimizer, scaler, train_fn, step, eval_fn, noise, seed,
-                      augment)
+                      ops, augment)

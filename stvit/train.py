@@ -41,7 +41,7 @@ from .model import MAE, transfer_encoder
 from .precision import CHOICES as PRECISIONS
 from .precision import Precision
 from .rundir import STAGE_ORDER, RunDir, WriteError
-from .stages import FINETUNE, PRETRAIN, setup_stage
+from .stages import FINETUNE, PRETRAIN, choose_ops, setup_stage
 
 log = logging.getLogger("stvit.train")
 STAGE_CHOICES = ("all", "pretrain", "finetune", "evaluate")
@@ -114,8 +114,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, metavar="N", help=(
         f"seeds the validation split, initial weights, batch order, flips and masks; default: {t.seed}"))
     ap.add_argument("--kernels", choices=KERNELS, help=(
-        "the patch-embedding, MAE gather/scatter and loss ops: fused (Triton kernels on a GPU; the plain-torch "
-        f"reference on a CPU) or eager (the reference everywhere); default: {m.kernels}"))
+        "the patch-embedding, MAE gather/scatter and loss ops: auto (the Triton kernels on a GPU, each after a "
+        "startup self-check, falling back to the reference with a warning; the reference on a CPU), fused (the "
+        "kernels; a failed self-check stops the run) or eager (the plain-torch reference everywhere); "
+        f"default: {m.kernels}"))
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help=(
         f"compile each stage's train step with torch.compile(fullgraph=True); default: {_on(t.compile)}"))
     ap.add_argument("--precision", choices=PRECISIONS, help=(
@@ -319,10 +321,13 @@ def plan_new(args: argparse.Namespace) -> Plan:
 
 
 def plan_run(args: argparse.Namespace) -> Plan:
-    """Read and check everything a user gave (every rank; nothing written)."""
+    """Read and check everything a user gave (every rank; nothing written), and choose the ops (on a GPU, the
+    kernels' self-check runs here: in `fused` mode a failure stops the run before anything is written)."""
     plan = plan_resume(args) if args.resume else plan_new(args)
     check_world(plan.cfg)
     check_split(plan.cfg, plan.split, plan.data)
+    device = DIST.local_device(cli.resolve_device(plan.cfg.train.device))
+    choose_ops(plan.cfg, device, Precision.resolve(plan.cfg.train.precision, device))
     return plan
 
 
@@ -459,8 +464,10 @@ def _train(args: argparse.Namespace, plan: Plan, run: RunDir, say) -> int:
     quiet = args.quiet or not sys.stderr.isatty() or not run.main
     world = DIST.world_size()
     procs = f", {world} processes of {cfg.train.batch_size // world} volumes" if world > 1 else ""
+    ops = choose_ops(cfg, device, precision)
+    fused = ", ".join(ops.fused) or "none"
     say(f"run directory: {run.path}  (preset {cfg.preset}, device {device}{procs}, precision {precision.name}, "
-        f"kernels {cfg.model.kernels}, compile {cfg.train.compile}; data {plan.data.source}: "
+        f"kernels {cfg.model.kernels} (fused: {fused}), compile {cfg.train.compile}; data {plan.data.source}: "
         f"{len(splits.train)} train / {len(splits.val)} val / {len(plan.data.y_test)} test volumes)", flush=True)
     t0 = time.perf_counter()
     m = run_stages(plan, run, splits, device, precision, quiet)
