@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--nan-to-zero", action="store_true", default=None, help="repair NaN/Inf voxels to 0")
     ap.add_argument("--select-on-test", action="store_true", default=None,
                     help="pick the best epoch on the test split (the seed's protocol; leaks)")
+    ap.add_argument("--explain", action="store_true",
+                    help="after the final evaluation, write brain maps of the test split to RUN/maps "
+                         "(python -m stvit.explain with its defaults; needs stvit[maps])")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
 
@@ -174,6 +177,13 @@ def plan_new(args: argparse.Namespace) -> Plan:
 def plan_run(args: argparse.Namespace) -> Plan:
     """Read and check everything a user gave (every rank; nothing written)."""
     plan = plan_resume(args) if args.resume else plan_new(args)
+    if args.explain:
+        from . import explain
+
+        if plan.stage == "pretrain":
+            raise UserError("--explain maps the classifier after the final evaluation: not with --stage pretrain")
+        explain.require_packages(explain.METHODS)
+        explain.check_out(plan.run_dir / "maps")
     check_world(plan.cfg)
     check_split(plan.cfg, plan.split, plan.data)
     return plan
@@ -281,6 +291,11 @@ def _main(args: argparse.Namespace) -> int:
         say(f"test: accuracy {t['accuracy']:.3f}, ROC-AUC {auc} on {t['n']} volumes (best epoch {m['best_epoch']} by "
             f"{m['selected_on']} accuracy; val accuracy {m['val']['accuracy']:.3f}); total "
             f"{time.perf_counter() - t0:.0f} s; {run.path / 'metrics.json'}")
+        if args.explain and main_rank:
+            from . import explain
+
+            return explain.main([str(run.path), "--device", device.type, *(["--quiet"] if quiet else [])],
+                                data=plan.data)
     return 0
 
 
