@@ -124,7 +124,8 @@ def main() -> None:
         "command": f"python bench/explain_validation.py --out {a.out}" + (f" --config {a.config}" if a.config else "")
                    + f" --seeds {' '.join(map(str, a.seeds))} --n {a.n} --steps {a.steps}"
                    + ("" if a.controls else " --no-controls"),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",
         "load_average_at_start": load,
