@@ -201,7 +201,8 @@ def test_explain_writes_maps_in_brain_space(validation):
     assert (np.asarray(nib.load(out / "ig_abs_mean.nii.gz").dataobj) >= 0).all()
     assert record["split"] == "test" and record["checkpoint"] == "checkpoints/best.pt"
     assert len(record["volumes"]) == 32 and len(set(record["volumes"])) == 32
-    assert max(record["volumes"]) > VALIDATION["data"]["synth_test"] - 4 and sorted(set(record["labels"])) == [0, 1]  # spread over the split
+    assert max(record["volumes"]) > VALIDATION["data"]["synth_test"] - 4  # spread over the split
+    assert sorted(set(record["labels"])) == [0, 1]
     assert record["precision"] == "fp32" and {"torch", "captum", "nibabel", "nilearn"} <= record["versions"].keys()
     ig = record["integrated_gradients"]
     assert ig["steps"] == 32 and np.array(ig["convergence_delta"]).shape == (32, 2)
