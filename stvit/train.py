@@ -138,6 +138,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--select-on-test", action="store_true", default=None, help=(
         "pick the best epoch on the TEST split (the seed notebook's protocol); the result leaks and is marked so; "
         "default: the validation split"))
+    ap.add_argument("--explain", action="store_true", help=(
+        "after the final evaluation, write brain maps of the test split to RUN/maps (python -m stvit.explain with "
+        "its defaults; needs pip install 'stvit[maps]'); default: off"))
     ap.add_argument("--quiet", action="store_true",
                     help="no progress bars (they are off anyway when stderr is not a terminal)")
     return ap
@@ -324,6 +327,13 @@ def plan_run(args: argparse.Namespace) -> Plan:
     """Read and check everything a user gave (every rank; nothing written), and choose the ops (on a GPU, the
     kernels' self-check runs here: in `fused` mode a failure stops the run before anything is written)."""
     plan = plan_resume(args) if args.resume else plan_new(args)
+    if args.explain:
+        from . import explain
+
+        if plan.stage == "pretrain":
+            raise UserError("--explain maps the classifier after the final evaluation: not with --stage pretrain")
+        explain.require_packages(explain.METHODS)
+        explain.check_out(plan.run_dir / "maps")
     check_world(plan.cfg)
     check_split(plan.cfg, plan.split, plan.data)
     device = DIST.local_device(cli.resolve_device(plan.cfg.train.device))
@@ -478,6 +488,11 @@ def _train(args: argparse.Namespace, plan: Plan, run: RunDir, say) -> int:
         say(f"test: accuracy {t['accuracy']:.3f}, ROC-AUC {auc} on {t['n']} volumes{lost} (best epoch "
             f"{m['best_epoch']} by {m['selected_on']} accuracy; val accuracy {m['val']['accuracy']:.3f}); total "
             f"{time.perf_counter() - t0:.0f} s; {run.path / 'metrics.json'}")
+        if args.explain and main_rank:
+            from . import explain
+
+            return explain.main([str(run.path), "--device", device.type, *(["--quiet"] if quiet else [])],
+                                data=plan.data)
     return 0
 
 
