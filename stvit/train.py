@@ -488,7 +488,7 @@ def _train(args: argparse.Namespace, plan: Plan, run: RunDir, say) -> int:
         say(f"test: accuracy {t['accuracy']:.3f}, ROC-AUC {auc} on {t['n']} volumes{lost} (best epoch "
             f"{m['best_epoch']} by {m['selected_on']} accuracy; val accuracy {m['val']['accuracy']:.3f}); total "
             f"{time.perf_counter() - t0:.0f} s; {run.path / 'metrics.json'}")
-        if args.explain and main_rank:
+        if args.explain and run.main:
             from . import explain
 
             return explain.main([str(run.path), "--device", device.type, *(["--quiet"] if quiet else [])],
