@@ -16,6 +16,33 @@ def _seed():
     torch.manual_seed(0)
 
 
+# --- a tiny training run ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """The tiny data set and run config of tests/helpers.py as files: (data .npz, config .json)."""
+    import json
+
+    from helpers import TINY_RUN, write_tiny_data
+
+    d = tmp_path_factory.mktemp("tiny")
+    cfg = d / "tiny.json"
+    cfg.write_text(json.dumps(TINY_RUN))
+    return write_tiny_data(d / "tiny.npz"), cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny, tmp_path_factory):
+    """A finished tiny run (pre-training, fine-tuning, the test evaluation) for tests to read; a test that changes
+    a run works on a copy."""
+    from helpers import run_main
+
+    data, cfg = tiny
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert run_main(["--data", str(data), "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
 # --- fused-op tests ------------------------------------------------------------------------------------------
 
 from helpers import assert_three_way  # noqa: E402 - one rule for every test

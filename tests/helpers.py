@@ -138,3 +138,20 @@ def assert_three_way(out, out_pt, ref, name: str = "output", **tol) -> None:
     """`three_way_failure` as an assertion."""
     failure = three_way_failure(out, out_pt, ref, name, **tol)
     assert failure is None, failure
+
+
+# --- a broken kernel -------------------------------------------------------------------------------------------
+
+def break_scatter(monkeypatch) -> None:
+    """mae_scatter's forward kernel writes its output off by 1e-3 (for the self-check's fallback and failure)."""
+    import sys
+
+    mod = sys.modules["kernels.mae_scatter"]
+    real = mod.launch
+
+    def launch(plan, *tensors):
+        real(plan, *tensors)
+        if plan.name == "_mae_scatter_fwd":
+            tensors[-1].add_(1e-3)
+
+    monkeypatch.setattr(mod, "launch", launch)

@@ -12,6 +12,8 @@ import kernels
 from kernels import _dispatch, reference
 from kernels.select import OPS, KernelCheckError, select
 
+from helpers import break_scatter
+
 
 @pytest.fixture
 def interpreter():
@@ -53,21 +55,8 @@ def test_self_check_at_the_demo_patch(interpreter):
     assert select("fused", "cpu", torch.bfloat16, patch=(21, 23), check=True).fused == list(OPS)
 
 
-def _break_scatter(monkeypatch):
-    """mae_scatter's forward kernel writes its output off by 1e-3."""
-    mod = sys.modules["kernels.mae_scatter"]
-    real = mod.launch
-
-    def launch(plan, *tensors):
-        real(plan, *tensors)
-        if plan.name == "_mae_scatter_fwd":
-            tensors[-1].add_(1e-3)
-
-    monkeypatch.setattr(mod, "launch", launch)
-
-
 def test_a_failing_op_falls_back_with_one_warning_line(interpreter, monkeypatch, caplog):
-    _break_scatter(monkeypatch)
+    break_scatter(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="kernels.select"):
         sel = select("auto", "cpu", torch.float32, check=True)
     assert sel.fused == ["patch_embed", "mae_gather", "norm_pix_mse"]
@@ -92,7 +81,7 @@ def test_an_op_that_raises_falls_back_naming_the_error(interpreter, monkeypatch,
 
 
 def test_forced_fused_raises_for_the_failing_op(interpreter, monkeypatch):
-    _break_scatter(monkeypatch)
+    break_scatter(monkeypatch)
     with pytest.raises(KernelCheckError, match="kernels: mae_scatter failed its self-check: output: ") as e:
         select("fused", "cpu", torch.float32, check=True)
     assert e.value.op == "mae_scatter" and "values off the reference" in e.value.reason

@@ -26,24 +26,6 @@ from helpers import ROOT, TINY_RUN, losses, run_main, write_tiny_data
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("rel")
-    data = write_tiny_data(d / "tiny.npz")
-    cfg = d / "tiny.json"
-    cfg.write_text(json.dumps(TINY_RUN))
-    return data, cfg
-
-
-@pytest.fixture(scope="module")
-def done(tiny, tmp_path_factory):
-    """A finished tiny run."""
-    data, cfg = tiny
-    out = tmp_path_factory.mktemp("done") / "run"
-    assert run_main(["--data", str(data), "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
-    return out
-
-
 def cli(*args, module="stvit.train") -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -83,18 +65,21 @@ def test_two_runs_racing_for_one_directory(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("how", ["resume", "evaluate"])
-def test_a_locked_directory_is_refused(done, how, capsys):
-    fd = os.open(done, os.O_RDONLY)
+def test_a_locked_directory_is_refused(tiny_run, tmp_path, how, capsys):
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    fd = os.open(run, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)  # as a running stvit process holds it
     try:
-        before = snapshot(done)
-        args = ["--resume", str(done)] if how == "resume" else ["--stage", "evaluate", "--out", str(done)]
+        before = snapshot(run)
+        args = ["--resume", str(run)] if how == "resume" else ["--stage", "evaluate", "--out", str(run)]
         assert run_main(args + ["--quiet"]) == 2
         one_error_line(capsys.readouterr().err, "another stvit process")
-        assert snapshot(done) == before
+        assert snapshot(run) == before
     finally:
         os.close(fd)
-    assert run_main(["--stage", "evaluate", "--out", str(done), "--quiet"]) == 0  # released: it runs
+    assert run_main(["--stage", "evaluate", "--out", str(run), "--quiet"]) == 0  # released: it runs
 
 
 # --- 2. config values, checked before anything is written ------------------------------------------------------
@@ -179,31 +164,31 @@ def test_evaluation_reports_what_it_cannot_compute():
     (["--data", "/no/such/file.npz"], "--data"),
     (["--ft-epochs", "2"], "--ft-epochs"),  # shorter than the run
 ])
-def test_resume_refuses_flags_that_change_the_run(done, extra, named, capsys):
-    before = snapshot(done)
-    assert run_main(["--resume", str(done), "--quiet", *extra]) == 2
-    one_error_line(capsys.readouterr().err, str(done), named)
-    assert snapshot(done) == before
+def test_resume_refuses_flags_that_change_the_run(tiny_run, extra, named, capsys):
+    before = snapshot(tiny_run)
+    assert run_main(["--resume", str(tiny_run), "--quiet", *extra]) == 2
+    one_error_line(capsys.readouterr().err, str(tiny_run), named)
+    assert snapshot(tiny_run) == before
 
 
-def test_later_stage_on_an_existing_directory_refuses_other_flags(done, capsys):
-    before = snapshot(done)
-    assert run_main(["--stage", "evaluate", "--out", str(done), "--seed", "5"]) == 2
+def test_later_stage_on_an_existing_directory_refuses_other_flags(tiny_run, capsys):
+    before = snapshot(tiny_run)
+    assert run_main(["--stage", "evaluate", "--out", str(tiny_run), "--seed", "5"]) == 2
     one_error_line(capsys.readouterr().err, "--seed")
-    assert snapshot(done) == before
+    assert snapshot(tiny_run) == before
 
 
-def test_resume_with_more_finetune_epochs_extends_the_run(tiny, done, tmp_path, capsys):
+def test_resume_with_more_finetune_epochs_extends_the_run(tiny, tiny_run, tmp_path, capsys):
     import shutil
 
     run = tmp_path / "longer"
-    shutil.copytree(done, run)
+    shutil.copytree(tiny_run, run)
     assert run_main(["--resume", str(run), "--ft-epochs", "4", "--quiet"]) == 0
     assert "finetune.epochs 3 -> 4" in capsys.readouterr().err
     records = read_log(run / "log.jsonl")
     assert [(r["stage"], r["epoch"]) for r in records][-2:] == [("finetune", 3), ("finetune", 4)]
     assert records[-1]["extended"] == "finetune.epochs 3 -> 4"
-    assert losses(run)[:5] == losses(done)
+    assert losses(run)[:5] == losses(tiny_run)
     assert json.loads((run / "config.json").read_text())["finetune"]["epochs"] == 4
     assert ckpt.load(run / "checkpoints" / "last.pt")["epoch"] == 4
 
@@ -228,11 +213,11 @@ def test_out_under_a_file_or_a_file_is_one_line(tiny, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("stage, name", [("evaluate", "best.pt"), ("finetune", "pretrain.pt")])
-def test_truncated_checkpoint_of_a_later_stage_is_one_line(done, tmp_path, stage, name, capsys):
+def test_truncated_checkpoint_of_a_later_stage_is_one_line(tiny_run, tmp_path, stage, name, capsys):
     import shutil
 
     run = tmp_path / "cut"
-    shutil.copytree(done, run)
+    shutil.copytree(tiny_run, run)
     if stage == "finetune":
         (run / "checkpoints" / "best.pt").unlink()
     path = run / "checkpoints" / name
@@ -243,13 +228,13 @@ def test_truncated_checkpoint_of_a_later_stage_is_one_line(done, tmp_path, stage
     assert snapshot(run) == before
 
 
-def test_export_out_under_a_file_is_one_line(done, tmp_path, capsys):
+def test_export_out_under_a_file_is_one_line(tiny_run, tmp_path, capsys):
     from stvit import export
     from stvit.errors import run_cli
 
     afile = tmp_path / "f"
     afile.write_text("x")
-    assert run_cli(export.main, ["--checkpoint", str(done / "checkpoints" / "best.pt"),
+    assert run_cli(export.main, ["--checkpoint", str(tiny_run / "checkpoints" / "best.pt"),
                                  "--out", str(afile / "m.pt2")]) == 2
     one_error_line(capsys.readouterr().err, "is a file")
 
@@ -292,8 +277,8 @@ def test_a_non_finite_step_is_not_taken(fused, dtype):
     assert s_p.skipped == 1 and s_c.skipped == 0 and s_p.loss == s_c.loss  # the mean is over the finite steps
 
 
-def test_skipped_steps_are_in_the_log(done):
-    assert all(r["skipped_steps"] == 0 for r in read_log(done / "log.jsonl"))
+def test_skipped_steps_are_in_the_log(tiny_run):
+    assert all(r["skipped_steps"] == 0 for r in read_log(tiny_run / "log.jsonl"))
 
 
 # --- 8. the smaller ones --------------------------------------------------------------------------------------------
@@ -316,12 +301,12 @@ def test_split_json_says_how_it_split(tmp_path):
     assert len(warning) == 1 and warning[0].startswith("warning: ") and "UserWarning" not in err  # one plain line
 
 
-def test_files_get_the_usual_mode(done):
+def test_files_get_the_usual_mode(tiny_run):
     umask = os.umask(0)
     os.umask(umask)
     for rel in ("config.json", "metrics.json", "split.json", "checkpoints/last.pt", "checkpoints/best.pt",
                 "checkpoints/pretrain.pt"):
-        assert stat.S_IMODE((done / rel).stat().st_mode) == 0o666 & ~umask, rel
+        assert stat.S_IMODE((tiny_run / rel).stat().st_mode) == 0o666 & ~umask, rel
 
 
 @pytest.mark.parametrize("change, hint", [
@@ -346,7 +331,7 @@ def test_hints_for_common_layouts(tmp_path, change, hint, capsys):
 
 # --- issue 20: a full disk --------------------------------------------------------------------------------------
 
-def test_disk_full_is_one_line_keeps_the_last_checkpoint_and_resumes_exactly(tiny, done, tmp_path, monkeypatch,
+def test_disk_full_is_one_line_keeps_the_last_checkpoint_and_resumes_exactly(tiny, tiny_run, tmp_path, monkeypatch,
                                                                               capsys):
     """The 4th checkpoint write fails with ENOSPC half-way (as torch's zip writer meets a full disk): one line that
     names the file, says the last good checkpoint is intact and how to continue; exit 4; no temporary file left;
@@ -373,8 +358,8 @@ def test_disk_full_is_one_line_keeps_the_last_checkpoint_and_resumes_exactly(tin
     assert not [p for p in out.rglob("*.tmp")]
     assert ckpt.load(out / "checkpoints" / "last.pt")["stage"] in ("pretrain", "finetune")
     assert run_main(["--resume", str(out), "--quiet"]) == 0
-    assert losses(out) == losses(done)
-    assert json.loads((out / "metrics.json").read_text())["test"] == json.loads((done / "metrics.json").read_text())["test"]
+    assert losses(out) == losses(tiny_run)
+    assert json.loads((out / "metrics.json").read_text())["test"] == json.loads((tiny_run / "metrics.json").read_text())["test"]
 
 
 def test_a_torn_last_log_line_is_left_out(tmp_path):

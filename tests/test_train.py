@@ -23,25 +23,8 @@ from stvit.rundir import RunDir, read_log
 
 from helpers import ROOT, TINY_RUN, killer_script, losses, run_main, write_tiny_data
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    data = write_tiny_data(d / "tiny.npz")
-    cfg = d / "tiny.json"
-    cfg.write_text(json.dumps(TINY_RUN))
-    return data, cfg
-
-
-@pytest.fixture(scope="module")
-def full_run(tiny, tmp_path_factory):
-    data, cfg = tiny
-    out = tmp_path_factory.mktemp("runs") / "full"
-    assert run_main(["--data", str(data), "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
-    return out
-
-
-def test_end_to_end_writes_the_contract(tiny, full_run):
-    out = full_run
+def test_end_to_end_writes_the_contract(tiny, tiny_run):
+    out = tiny_run
     for rel in ("config.json", "split.json", "log.jsonl", "metrics.json", "predictions.npz",
                 "checkpoints/last.pt", "checkpoints/best.pt", "checkpoints/pretrain.pt",
                 "figures/pretrain_loss.png", "figures/finetune_loss.png", "figures/finetune_accuracy.png",
@@ -66,11 +49,11 @@ def test_end_to_end_writes_the_contract(tiny, full_run):
     assert len(va) and not set(ids[tr]) & set(ids[va])
 
 
-def test_checkpoints_load_weights_only(full_run):
+def test_checkpoints_load_weights_only(tiny_run):
     for name in ("last.pt", "best.pt", "pretrain.pt"):
-        state = torch.load(full_run / "checkpoints" / name, weights_only=True)
+        state = torch.load(tiny_run / "checkpoints" / name, weights_only=True)
         assert "model" in state and "config" in state
-    last = torch.load(full_run / "checkpoints" / "last.pt", weights_only=True)
+    last = torch.load(tiny_run / "checkpoints" / "last.pt", weights_only=True)
     assert {"optimizer", "scaler", "scheduler", "rng", "split", "epoch", "stage"} <= last.keys()
     assert {"python", "numpy", "torch"} <= last["rng"].keys()
 
@@ -92,7 +75,7 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
 
 
-def test_resume_after_stop_is_bit_identical(tiny, full_run, tmp_path, monkeypatch):
+def test_resume_after_stop_is_bit_identical(tiny, tiny_run, tmp_path, monkeypatch):
     data, cfg = tiny
     out = tmp_path / "stopped"
     real_log = RunDir.log
@@ -107,13 +90,13 @@ def test_resume_after_stop_is_bit_identical(tiny, full_run, tmp_path, monkeypatc
         run_main(["--data", str(data), "--config", str(cfg), "--out", str(out), "--quiet"])
     monkeypatch.undo()
     assert run_main(["--resume", str(out), "--quiet"]) == 0
-    assert losses(out) == losses(full_run)
+    assert losses(out) == losses(tiny_run)
     a = json.loads((out / "metrics.json").read_text())
-    b = json.loads((full_run / "metrics.json").read_text())
+    b = json.loads((tiny_run / "metrics.json").read_text())
     assert a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
 
 
-def test_resume_after_sigkill_mid_epoch_is_bit_identical(tiny, full_run, tmp_path):
+def test_resume_after_sigkill_mid_epoch_is_bit_identical(tiny, tiny_run, tmp_path):
     data, cfg = tiny
     out = tmp_path / "killed"
     script = killer_script(tmp_path / "killer.py", TINY_RUN["finetune"])
@@ -123,9 +106,9 @@ def test_resume_after_sigkill_mid_epoch_is_bit_identical(tiny, full_run, tmp_pat
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert ckpt.load(out / "checkpoints" / "last.pt")["epoch"] == 1
     assert run_main(["--resume", str(out), "--quiet"]) == 0
-    assert losses(out) == losses(full_run)
+    assert losses(out) == losses(tiny_run)
     a = json.loads((out / "metrics.json").read_text())
-    assert a["test"] == json.loads((full_run / "metrics.json").read_text())["test"]
+    assert a["test"] == json.loads((tiny_run / "metrics.json").read_text())["test"]
 
 
 def test_selection_never_touches_test_before_final_evaluation(tiny, tmp_path, monkeypatch):
@@ -152,7 +135,7 @@ def test_select_on_test_says_it_leaks(tiny, tmp_path, capsys):
     assert metrics["selected_on"] == "test" and "leaks" in metrics["warning"]
 
 
-def test_bad_input_is_one_line_and_writes_nothing(tiny, full_run, tmp_path):
+def test_bad_input_is_one_line_and_writes_nothing(tiny, tiny_run, tmp_path):
     data, cfg = tiny
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -165,10 +148,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny, full_run, tmp_path):
     assert p.returncode == 2 and p.stderr.startswith("error: ") and "missing.mat" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
     assert not out.exists()
-    before = {f: f.stat().st_mtime_ns for f in full_run.rglob("*") if f.is_file()}
-    p = cli("--data", str(data), "--config", str(cfg), "--out", str(full_run))
-    assert p.returncode == 2 and str(full_run) in p.stderr and len(p.stderr.strip().splitlines()) == 1
-    assert {f: f.stat().st_mtime_ns for f in full_run.rglob("*") if f.is_file()} == before
+    before = {f: f.stat().st_mtime_ns for f in tiny_run.rglob("*") if f.is_file()}
+    p = cli("--data", str(data), "--config", str(cfg), "--out", str(tiny_run))
+    assert p.returncode == 2 and str(tiny_run) in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert {f: f.stat().st_mtime_ns for f in tiny_run.rglob("*") if f.is_file()} == before
     bad_cfg = tmp_path / "bad.json"
     bad_cfg.write_text('{"model": {"no_such_key": 1}}')
     p = cli("--data", str(data), "--config", str(bad_cfg), "--out", str(out))
