@@ -30,7 +30,7 @@ from . import cli
 from . import data as D
 from . import distributed as DIST
 from . import rng
-from .config import PRESETS, Config, show_value
+from .config import MASK_STRATEGIES, PRESETS, Config, show_value
 from .engine import NonFiniteLoss
 from .errors import UserError, run_cli
 from .evaluation import evaluate
@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--kernels", choices=("fused", "eager"))
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--precision", choices=PRECISIONS)
+    ap.add_argument("--mask-strategy", choices=MASK_STRATEGIES,
+                    help="how pre-training picks the patches it removes: random (MAE) or attention (a share of them "
+                         "drawn in proportion to the attention each patch receives in the encoder); presets: random")
+    ap.add_argument("--mask-guide-ratio", type=float, metavar="R",
+                    help="attention strategy: share of the removed patches chosen by attention, the rest at random")
+    ap.add_argument("--mask-temperature", type=float, metavar="T",
+                    help="attention strategy: removal probability ~ score ** (1/T); lower T follows attention closer")
     ap.add_argument("--class-names", nargs="+", help="names of the label values 0, 1, ...")
     ap.add_argument("--flip-axis", type=int, choices=(0, 1, 2))
     ap.add_argument("--nan-to-zero", action="store_true", default=None, help="repair NaN/Inf voxels to 0")
@@ -79,7 +86,10 @@ FLAGS = {"--data": ("data", "data.path"), "--class-names": ("class_names", "data
          "--kernels": ("kernels", "model.kernels"), "--batch-size": ("batch_size", "train.batch_size"),
          "--seed": ("seed", "train.seed"), "--device": ("device", "train.device"),
          "--compile": ("compile", "train.compile"), "--precision": ("precision", "train.precision"),
-         "--select-on-test": ("select_on_test", "train.select_on_test")}
+         "--select-on-test": ("select_on_test", "train.select_on_test"),
+         "--mask-strategy": ("mask_strategy", "pretrain.mask_strategy"),
+         "--mask-guide-ratio": ("mask_guide_ratio", "pretrain.mask_guide_ratio"),
+         "--mask-temperature": ("mask_temperature", "pretrain.mask_temperature")}
 
 
 def flag_values(args: argparse.Namespace) -> dict[str, Any]:
