@@ -1,18 +1,22 @@
-"""The measuring parts of `bench/gpu_check.sh`: `ceilings`, `epochs` and `summary`, each writing into OUT.
+"""The measuring parts of `bench/gpu_check.sh`: `ceilings`, `kernels`, `epochs` and `summary`, each writing into OUT.
 
     python bench/gpu_check.py ceilings OUT [--dry]   # device copy GB/s, host->device GB/s, GEMM TFLOP/s
+    python bench/gpu_check.py kernels OUT [--dry]    # the kernels' self-check at each precision, and the kernel
+                                                     # report (every plan for sm75/80/89/90 and for this GPU
+                                                     # through its driver) -> OUT/kernels.json
     python bench/gpu_check.py epochs OUT [--dry]     # one pretrain + one finetune epoch of 3200 volumes, baseline
                                                      # and fast path -> OUT/epochs.json
     python bench/gpu_check.py summary OUT --status F --profile-json F   # OUT/summary.md from what the
                                                      # sections left
 
-Only torch, numpy and the project are imported (no matplotlib, tqdm or scikit-learn needed). `--dry` shrinks
+Only torch, triton, numpy and the project are imported (no matplotlib, tqdm or scikit-learn needed). `--dry` shrinks
 everything so that the script can be tried on a CPU.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -112,6 +116,71 @@ def epochs(out: Path, dry: bool) -> list[dict]:
     return rows
 
 
+def kernels_check(out: Path, dry: bool) -> dict:
+    """`kernels.select`'s self-check of every op at fp32, bf16 and fp16 (on a CPU, in Triton's interpreter: the
+    dry run sets TRITON_INTERPRET=1), then bench/kernel_report.py in a child process (it compiles, so it needs
+    triton without the interpreter): every launch plan for the four targets and, on a GPU, for this GPU through
+    its driver. Both go to OUT/kernels.json."""
+    import subprocess
+    import tempfile
+
+    from kernels.select import select
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    checks = []
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        sel = select("auto", device, dtype, check=True)
+        checks.append(sel.to_json())
+        print(f"self-check {sel.dtype}: fused {', '.join(sel.fused) or 'none'} ({sel.check_seconds:.2f} s)", flush=True)
+    res = {"selfcheck": checks}
+    args = ["--presets", "paper", "--precisions", "bf16", "--cc", "90"] if dry else ["--device", "--jobs", "8"]
+    with tempfile.TemporaryDirectory() as d:
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        proc = subprocess.run([sys.executable, str(Path(__file__).with_name("kernel_report.py")), "--out", d, *args],
+                              env=env, capture_output=True, text=True)
+        print(proc.stdout + proc.stderr[-3000:], flush=True)
+        report = _load(Path(d) / "kernel_resources.json")
+    res["report"] = report if report else {"error": f"kernel_report.py exited {proc.returncode}"}
+    (out / "kernels.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def _kernels_summary(k: dict | None) -> list[str]:
+    lines = ["", "## Kernels (`kernels.select` self-check, bench/kernel_report.py)", ""]
+    if not k:
+        return lines + ["not run (see the section status)"]
+    lines += ["| dtype | fused | fell back (reason) | check s |", "|---|---|---|---:|"]
+    for c in k["selfcheck"]:
+        fused = [op for op, r in c["ops"].items() if r["fused"]]
+        back = "; ".join(f"{op}: {r['reason']}" for op, r in c["ops"].items() if not r["fused"])
+        lines.append(f"| {c['dtype']} | {', '.join(fused) or 'none'} | {back or '-'} | {c['check_seconds']:.2f} |")
+    rep = k["report"]
+    if "records" not in rep:
+        return lines + ["", f"kernel report: {rep.get('error', 'missing')}"]
+    recs = rep["records"]
+    failed = sorted({f"{r['id']} sm{r['cc']}" for r in recs if not r["ok"]})
+    spills = sorted({f"{r['id']} sm{r['cc']}" for r in recs if r["ok"] and (r["stack"] or r["local"])})
+    lines += ["", f"Cross-compiled (triton {rep['meta']['versions']['triton']}): {len(recs)} launch x target records, "
+              f"{len(failed)} failed to compile{': ' + ', '.join(failed[:8]) if failed else ''}, {len(spills)} with "
+              f"spills{': ' + ', '.join(spills[:8]) if spills else ''}."]
+    paper = [r for r in recs if r["ok"] and r["preset"] == "paper" and r["cc"] in (80, 90)]
+    if paper:
+        low = min(paper, key=lambda r: r["occupancy"])
+        lines.append(f"Lowest theoretical occupancy at the paper plans on sm80/sm90: {low['occupancy']:.0%} "
+                     f"({low['id']}, sm{low['cc']}, {low['registers']} registers).")
+    dev = rep.get("device") or []
+    if dev:
+        cross = {(r["id"], r["cc"]): r for r in recs if r["ok"]}
+        same = [d for d in dev if (d["id"], d["cc"]) in cross]
+        differ = [d["id"] for d in same if cross[(d["id"], d["cc"])]["registers"] != d["registers"]]
+        lines.append(f"On this GPU ({dev[0]['device']}, sm{dev[0]['cc']}) through the driver: {len(dev)} plans, most "
+                     f"registers {max(d['registers'] for d in dev)}, {sum(d['spills'] > 0 for d in dev)} with spills; "
+                     f"registers equal to the cross-compiled sm{dev[0]['cc']} ones for {len(same) - len(differ)} of "
+                     f"{len(same)}{' (differ: ' + ', '.join(differ[:6]) + ')' if differ else ''}.")
+    return lines
+
+
 # --- summary -------------------------------------------------------------------------------------------------
 
 def _load(path: Path):
@@ -195,6 +264,8 @@ def summary(out: Path, status_file: Path | None, profile_json: Path | None) -> s
     else:
         lines.append("no profile (see the section status)")
 
+    lines += _kernels_summary(_load(out / "kernels.json"))
+
     e = _load(out / "epochs.json")
     lines += ["", f"## Full-scale epochs ({N_FULL} volumes, batch 8)" if not (e or {}).get("dry")
               else "## Epochs (dry: tiny)", ""]
@@ -224,7 +295,7 @@ def summary(out: Path, status_file: Path | None, profile_json: Path | None) -> s
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python bench/gpu_check.py")
-    ap.add_argument("what", choices=("ceilings", "epochs", "summary"))
+    ap.add_argument("what", choices=("ceilings", "kernels", "epochs", "summary"))
     ap.add_argument("out", type=Path)
     ap.add_argument("--dry", action="store_true")
     ap.add_argument("--status", type=Path, help="summary: the section status file gpu_check.sh kept")
@@ -233,6 +304,8 @@ def main(argv=None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     if a.what == "ceilings":
         ceilings(a.out, a.dry)
+    elif a.what == "kernels":
+        kernels_check(a.out, a.dry)
     elif a.what == "epochs":
         epochs(a.out, a.dry)
     else:

@@ -8,6 +8,11 @@ plain-torch reference; with `TRITON_INTERPRET=1` (set before triton is imported)
 through Triton's interpreter, except while `torch.compile` traces, which takes the reference. Without Triton,
 every op is the reference.
 
+Around the ops: `plan.py` (each kernel launch as data, from one plan function per kernel), `problems.py` (the
+launches the engine's presets make), `targets.py` (compiling plans for sm75/80/89/90 without a GPU, registers,
+spills, shared memory, occupancy) and `select.py` (which ops a run uses: eager, fused, or auto with a per-op
+self-check on CUDA).
+
 Dtypes: statistics and accumulation in fp32. Under autocast, `patch_embed` follows `F.linear` (weight and bias
 cast to the autocast dtype, output in it); `mae_gather`, `mae_scatter` and `norm_pix_mse` keep their input
 dtype (tokens / visible / pred), as the reference does. Gradients: every float input, except `norm_pix_mse`'s

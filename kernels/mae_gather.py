@@ -1,6 +1,6 @@
 """mae_gather: keep the visible tokens, in `ids_keep` order: (S, P, D) -> (S, K, D).
 
-Forward copies K rows per slice. Backward is the scatter pattern: each gradient row goes back to the place
+Forward copies K rows per slice, a (BLOCK_K, BLOCK_D) tile per program. Backward is the scatter pattern: each gradient row goes back to the place
 it was taken from, the other rows of dtokens are zero. `ids_keep` must hold distinct indices per slice (a
 prefix of a permutation, as `random_masking` makes), so every row is written at most once and no sum is
 needed. The output keeps the input dtype (autocast does not change it); ids_keep gets no gradient.
@@ -11,9 +11,15 @@ import triton.language as tl
 from torch import Tensor
 
 from . import reference
-from ._dispatch import LIB, next_pow2, use_triton, wrap_triton
+from ._dispatch import LIB, next_pow2, use_triton
+from .plan import LaunchPlan, launch, ptr
 
-BLOCK_K = 16
+BLOCK_K = 16  # rows per program
+MAX_BLOCK_D = 64  # channels per program (the grid tiles D: 192 is three programs)
+
+
+def _block_d(d: int) -> int:
+    return min(MAX_BLOCK_D, next_pow2(d))
 
 
 @triton.jit
@@ -27,7 +33,7 @@ def _mae_gather_fwd(
 ):
     s = tl.program_id(0).to(tl.int64)
     offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)  # (BLOCK_K,) visible slots
-    offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,) BLOCK_D >= D
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BLOCK_D,) channels
     mk, md = offs_k < K, offs_d < D
     m2 = mk[:, None] & md[None, :]
     src = tl.load(ids_ptr + s * K + offs_k, mask=mk, other=0)  # (BLOCK_K,) patch index of each slot
@@ -46,7 +52,7 @@ def _mae_gather_bwd(
 ):
     s = tl.program_id(0).to(tl.int64)
     offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     mk, md = offs_k < K, offs_d < D
     m2 = mk[:, None] & md[None, :]
     dst = tl.load(ids_ptr + s * K + offs_k, mask=mk, other=0)  # (BLOCK_K,)
@@ -54,15 +60,36 @@ def _mae_gather_bwd(
     tl.store(dt_ptr + (s * P + dst[:, None]) * D + offs_d[None, :], g.to(dt_ptr.dtype.element_ty), mask=m2)
 
 
+def plan_forward(tokens: Tensor, ids_keep: Tensor) -> LaunchPlan:
+    """tokens (S, P, D) any strides, ids_keep (S, K) int64 contiguous -> out (S, K, D) in tokens' dtype."""
+    S, P, D = tokens.shape
+    K = ids_keep.shape[1]
+    args = (("t_ptr", ptr(tokens)), ("ids_ptr", ptr(ids_keep)), ("out_ptr", ptr(tokens)), ("P", P), ("K", K),
+            ("D", D), ("st_s", tokens.stride(0)), ("st_p", tokens.stride(1)), ("st_d", tokens.stride(2)))
+    nbytes = 2 * S * K * D * tokens.element_size() + S * K * ids_keep.element_size()
+    return LaunchPlan(_mae_gather_fwd, (S, triton.cdiv(K, BLOCK_K), triton.cdiv(D, _block_d(D))), args,
+                      (("BLOCK_K", BLOCK_K), ("BLOCK_D", _block_d(D))), num_warps=4, num_stages=1,
+                      bytes_moved=nbytes)
+
+
+def plan_backward(grad: Tensor, ids_keep: Tensor, P: int) -> LaunchPlan:
+    """grad (S, K, D) any strides, ids_keep (S, K) int64 contiguous -> the visible rows of a zero-filled
+    dtokens (S, P, D) in grad's dtype (the zeros are the caller's fill)."""
+    S, K, D = grad.shape
+    args = (("g_ptr", ptr(grad)), ("ids_ptr", ptr(ids_keep)), ("dt_ptr", ptr(grad)), ("P", P), ("K", K), ("D", D),
+            ("sg_s", grad.stride(0)), ("sg_k", grad.stride(1)), ("sg_d", grad.stride(2)))
+    nbytes = 2 * S * K * D * grad.element_size() + S * K * ids_keep.element_size()
+    return LaunchPlan(_mae_gather_bwd, (S, triton.cdiv(K, BLOCK_K), triton.cdiv(D, _block_d(D))), args,
+                      (("BLOCK_K", BLOCK_K), ("BLOCK_D", _block_d(D))), num_warps=4, num_stages=1,
+                      bytes_moved=nbytes)
+
+
 @torch.library.triton_op(f"{LIB}::mae_gather", mutates_args=())
 def _mae_gather_op(tokens: Tensor, ids_keep: Tensor) -> Tensor:
     S, P, D = tokens.shape
-    K = ids_keep.shape[1]
     ids_keep = ids_keep.to(torch.int64).contiguous()
-    out = torch.empty((S, K, D), device=tokens.device, dtype=tokens.dtype)
-    grid = (S, triton.cdiv(K, BLOCK_K))
-    wrap_triton(_mae_gather_fwd)[grid](tokens, ids_keep, out, P, K, D, *tokens.stride(),
-                                       BLOCK_K=BLOCK_K, BLOCK_D=next_pow2(D), num_warps=4)
+    out = torch.empty((S, ids_keep.shape[1], D), device=tokens.device, dtype=tokens.dtype)
+    launch(plan_forward(tokens, ids_keep), tokens, ids_keep, out)
     return out
 
 
@@ -72,9 +99,7 @@ def _mae_gather_backward_op(grad: Tensor, ids_keep: Tensor, P: int) -> Tensor:
     S, K, D = grad.shape
     ids_keep = ids_keep.to(torch.int64).contiguous()
     dtokens = torch.zeros((S, P, D), device=grad.device, dtype=grad.dtype)
-    grid = (S, triton.cdiv(K, BLOCK_K))
-    wrap_triton(_mae_gather_bwd)[grid](grad, ids_keep, dtokens, P, K, D, *grad.stride(),
-                                       BLOCK_K=BLOCK_K, BLOCK_D=next_pow2(D), num_warps=4)
+    launch(plan_backward(grad, ids_keep, P), grad, ids_keep, dtokens)
     return dtokens
 
 

@@ -15,10 +15,17 @@ import triton.language as tl
 from torch import Tensor
 
 from . import reference
-from ._dispatch import LIB, contiguous, next_pow2, use_triton, wrap_triton
+from ._dispatch import LIB, contiguous, next_pow2, use_triton
+from .plan import LaunchPlan, launch, ptr
 
-BLOCK_P = 16
+BLOCK_P = 16  # patch positions per program
+BLOCK_P_BWD = 8  # backward: smaller, for programs enough to fill an H100 (13 x 31 x 2 would be 806)
+MAX_BLOCK_D = 64  # channels per program (the grid tiles D: the decoder's 128 is two programs)
 MAX_SPLITS = 32  # backward: programs along the slice axis
+
+
+def _block_d(d: int) -> int:
+    return min(MAX_BLOCK_D, next_pow2(d))
 
 
 @triton.jit
@@ -34,7 +41,7 @@ def _mae_scatter_fwd(
 ):
     s = tl.program_id(0).to(tl.int64)
     offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)  # (BLOCK_P,) patch positions
-    offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,) BLOCK_D >= D
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BLOCK_D,) channels
     mp, md = offs_p < P, offs_d < D
     m2 = mp[:, None] & md[None, :]
     r = tl.load(ids_ptr + s * P + offs_p, mask=mp, other=K)  # (BLOCK_P,) slot in [kept..., removed...]
@@ -62,7 +69,7 @@ def _mae_scatter_bwd(
 ):
     pid_p, split = tl.program_id(0), tl.program_id(1)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     mp, md = offs_p < P, offs_d < D
     m2 = mp[:, None] & md[None, :]
     acc_pos = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
@@ -83,17 +90,48 @@ def _mae_scatter_bwd(
     tl.store(dm_ptr + (split * tl.num_programs(0) + pid_p) * D + offs_d, tl.sum(acc_m, axis=0), mask=md)
 
 
+def plan_forward(visible: Tensor, ids_restore: Tensor, mask_token: Tensor, pos: Optional[Tensor]) -> LaunchPlan:
+    """visible (S, K, D) any strides, ids_restore (S, P) int64 contiguous, mask_token (D,), pos (P, D) or None
+    (the mask token stands in for its pointer) -> out (S, P, D) in visible's dtype."""
+    S, K, D = visible.shape
+    P = ids_restore.shape[1]
+    pos_or_m = mask_token if pos is None else pos
+    args = (("v_ptr", ptr(visible)), ("ids_ptr", ptr(ids_restore)), ("m_ptr", ptr(mask_token)),
+            ("pos_ptr", ptr(pos_or_m)), ("out_ptr", ptr(visible)), ("P", P), ("K", K), ("D", D),
+            ("sv_s", visible.stride(0)), ("sv_k", visible.stride(1)), ("sv_d", visible.stride(2)))
+    nbytes = ((S * K + S * P) * D * visible.element_size() + S * P * ids_restore.element_size()
+              + D * mask_token.element_size() + (0 if pos is None else P * D * pos.element_size()))
+    bd = _block_d(D)
+    return LaunchPlan(_mae_scatter_fwd, (S, triton.cdiv(P, BLOCK_P), triton.cdiv(D, bd)), args,
+                      (("HAS_POS", pos is not None), ("BLOCK_P", BLOCK_P), ("BLOCK_D", bd)),
+                      num_warps=4, num_stages=1, bytes_moved=nbytes)
+
+
+def plan_backward(grad: Tensor, ids_restore: Tensor, K: int) -> LaunchPlan:
+    """grad (S, P, D) any strides, ids_restore (S, P) int64 contiguous -> dvisible (S, K, D) in grad's dtype,
+    and fp32 partial sums dmask (n_split, n_pblk, D) and dpos (n_split, P, D), reduced by the caller."""
+    S, P, D = grad.shape
+    n_pblk = triton.cdiv(P, BLOCK_P_BWD)
+    slices = triton.cdiv(S, min(S, MAX_SPLITS))
+    n_split = triton.cdiv(S, slices)
+    args = (("g_ptr", ptr(grad)), ("ids_ptr", ptr(ids_restore)), ("dv_ptr", ptr(grad)), ("dm_ptr", "*fp32"),
+            ("dpos_ptr", "*fp32"), ("S", S), ("P", P), ("K", K), ("D", D), ("SLICES", slices),
+            ("sg_s", grad.stride(0)), ("sg_p", grad.stride(1)), ("sg_d", grad.stride(2)))
+    nbytes = ((S * P + S * K) * D * grad.element_size() + S * P * ids_restore.element_size()
+              + 4 * n_split * (n_pblk + P) * D)
+    bd = _block_d(D)
+    return LaunchPlan(_mae_scatter_bwd, (n_pblk, n_split, triton.cdiv(D, bd)), args,
+                      (("BLOCK_P", BLOCK_P_BWD), ("BLOCK_D", bd)), num_warps=4, num_stages=1, bytes_moved=nbytes)
+
+
 @torch.library.triton_op(f"{LIB}::mae_scatter", mutates_args=())
 def _mae_scatter_op(visible: Tensor, ids_restore: Tensor, mask_token: Tensor, pos: Optional[Tensor]) -> Tensor:
     S, K, D = visible.shape
-    P = ids_restore.shape[1]
     ids_restore = ids_restore.to(torch.int64).contiguous()
     mask_token, pos = mask_token.contiguous(), contiguous(pos)
-    out = torch.empty((S, P, D), device=visible.device, dtype=visible.dtype)
-    grid = (S, triton.cdiv(P, BLOCK_P))
-    wrap_triton(_mae_scatter_fwd)[grid](
-        visible, ids_restore, mask_token, mask_token if pos is None else pos, out, P, K, D, *visible.stride(),
-        HAS_POS=pos is not None, BLOCK_P=BLOCK_P, BLOCK_D=next_pow2(D), num_warps=4)
+    out = torch.empty((S, ids_restore.shape[1], D), device=visible.device, dtype=visible.dtype)
+    launch(plan_forward(visible, ids_restore, mask_token, pos), visible, ids_restore, mask_token,
+           mask_token if pos is None else pos, out)
     return out
 
 
@@ -102,15 +140,12 @@ def _mae_scatter_backward_op(grad: Tensor, ids_restore: Tensor, K: int) -> tuple
     """-> dvisible (S, K, D) in grad's dtype, dmask_token (D,) fp32, dpos (P, D) fp32."""
     S, P, D = grad.shape
     ids_restore = ids_restore.to(torch.int64).contiguous()
-    n_pblk = triton.cdiv(P, BLOCK_P)
-    slices = triton.cdiv(S, min(S, MAX_SPLITS))
-    n_split = triton.cdiv(S, slices)
+    plan = plan_backward(grad, ids_restore, K)
+    n_pblk, n_split, _ = plan.grid
     dvisible = torch.empty((S, K, D), device=grad.device, dtype=grad.dtype)
     dmask = torch.empty((n_split, n_pblk, D), device=grad.device, dtype=torch.float32)
     dpos = torch.empty((n_split, P, D), device=grad.device, dtype=torch.float32)
-    wrap_triton(_mae_scatter_bwd)[(n_pblk, n_split)](
-        grad, ids_restore, dvisible, dmask, dpos, S, P, K, D, slices, *grad.stride(),
-        BLOCK_P=BLOCK_P, BLOCK_D=next_pow2(D), num_warps=4)
+    launch(plan, grad, ids_restore, dvisible, dmask, dpos)
     return dvisible, dmask.sum(dim=(0, 1)), dpos.sum(dim=0)
 
 

@@ -13,18 +13,23 @@ import triton.language as tl
 from torch import Tensor
 
 from . import reference
-from ._dispatch import LIB, next_pow2, use_triton, wrap_triton
+from ._dispatch import LIB, next_pow2, use_triton
+from ._patches import load_patches
+from .plan import LaunchPlan, launch, ptr
 
-BLOCK_P = 32
+MAX_BLOCK_P = 32  # patches per program
+TILE = 2048  # at most BLOCK_P x KP values per tile: 7x2 patches take 32 a program, demo's 21x23 take 4
+
+
+def _block_p(kp: int) -> int:
+    return max(1, min(MAX_BLOCK_P, TILE // kp))
 
 
 @triton.jit
 def _normalized_target(x_ptr, s, offs_p, offs_k, m2, GW, sx_s, sx_h, sx_w, eps,
                        PH: tl.constexpr, PW: tl.constexpr):
     """(BLOCK_P, KP) target patches of slice s, normalized by their mean and unbiased variance, in fp32."""
-    x_tl = x_ptr + s * sx_s + (offs_p // GW) * PH * sx_h + (offs_p % GW) * PW * sx_w  # top-left pixels
-    pix = (offs_k // PW) * sx_h + (offs_k % PW) * sx_w
-    t = tl.load(x_tl[:, None] + pix[None, :], mask=m2, other=0.0).to(tl.float32)
+    t = load_patches(x_ptr, s, offs_p, offs_k, m2, GW, sx_s, sx_h, sx_w, PH, PW)
     mean = tl.sum(t, axis=1) / (PH * PW)  # (BLOCK_P,)
     diff = tl.where(m2, t - mean[:, None], 0.0)
     var = tl.sum(diff * diff, axis=1) / (PH * PW - 1)  # unbiased, as MAE's norm_pix_loss
@@ -83,10 +88,36 @@ def _norm_pix_mse_bwd(
     tl.store(out, dp.to(dpred_ptr.dtype.element_ty), mask=m2)
 
 
-def _shape(pred: Tensor, x: Tensor, ph: int, pw: int):
+def _plan(kernel, pred: Tensor, x: Tensor, mask: Tensor, ph: int, pw: int, eps: float, out: str,
+          nbytes_out: int) -> LaunchPlan:
     S, H, W = x.shape
     gw = W // pw
-    return S, (H // ph) * gw, gw, max(2, next_pow2(ph * pw))
+    P = (H // ph) * gw
+    K = ph * pw
+    args = (("pred_ptr", ptr(pred)), ("x_ptr", ptr(x)), ("mask_ptr", ptr(mask)), *out, ("P", P), ("GW", gw),
+            ("eps", eps), ("sp_s", pred.stride(0)), ("sp_p", pred.stride(1)), ("sp_k", pred.stride(2)),
+            ("sx_s", x.stride(0)), ("sx_h", x.stride(1)), ("sx_w", x.stride(2)), ("sm_s", mask.stride(0)),
+            ("sm_p", mask.stride(1)))
+    nbytes = S * P * (K * (pred.element_size() + x.element_size()) + mask.element_size()) + nbytes_out
+    kp = max(2, next_pow2(K))
+    bp = _block_p(kp)
+    return LaunchPlan(kernel, (S, triton.cdiv(P, bp)), args, (("PH", ph), ("PW", pw), ("KP", kp), ("BLOCK_P", bp)),
+                      num_warps=4, num_stages=1, bytes_moved=nbytes)
+
+
+def plan_forward(pred: Tensor, x: Tensor, mask: Tensor, ph: int, pw: int, eps: float) -> LaunchPlan:
+    """pred (S, P, K), x (S, H, W), mask (S, P) float, any strides -> per-program fp32 partial sums num, den
+    (S * n_pblk,), added by the caller."""
+    S, P = mask.shape
+    n = S * triton.cdiv(P, _block_p(max(2, next_pow2(ph * pw))))
+    return _plan(_norm_pix_mse_fwd, pred, x, mask, ph, pw, eps, (("num_ptr", "*fp32"), ("den_ptr", "*fp32")),
+                 8 * n)
+
+
+def plan_backward(pred: Tensor, x: Tensor, mask: Tensor, ph: int, pw: int, eps: float) -> LaunchPlan:
+    """As forward, with the fp32 scale (1,) in, dpred (S, P, K) contiguous in pred's dtype out."""
+    return _plan(_norm_pix_mse_bwd, pred, x, mask, ph, pw, eps, (("scale_ptr", "*fp32"), ("dpred_ptr", ptr(pred))),
+                 4 + pred.numel() * pred.element_size())
 
 
 def _f32(mask: Tensor) -> Tensor:
@@ -95,14 +126,11 @@ def _f32(mask: Tensor) -> Tensor:
 
 @torch.library.triton_op(f"{LIB}::norm_pix_mse", mutates_args=())
 def _norm_pix_mse_op(pred: Tensor, x: Tensor, mask: Tensor, ph: int, pw: int, eps: float) -> Tensor:
-    S, P, gw, KP = _shape(pred, x, ph, pw)
     mask = _f32(mask)
-    grid = (S, triton.cdiv(P, BLOCK_P))
-    num = torch.empty((grid[0] * grid[1],), device=pred.device, dtype=torch.float32)
+    plan = plan_forward(pred, x, mask, ph, pw, eps)
+    num = torch.empty((plan.grid[0] * plan.grid[1],), device=pred.device, dtype=torch.float32)
     den = torch.empty_like(num)
-    wrap_triton(_norm_pix_mse_fwd)[grid](
-        pred, x, mask, num, den, P, gw, eps, *pred.stride(), *x.stride(), *mask.stride(),
-        PH=ph, PW=pw, KP=KP, BLOCK_P=BLOCK_P, num_warps=4)
+    launch(plan, pred, x, mask, num, den)
     return (num.sum() / den.sum()).to(pred.dtype)  # fixed-order reductions of the partials
 
 
@@ -110,13 +138,10 @@ def _norm_pix_mse_op(pred: Tensor, x: Tensor, mask: Tensor, ph: int, pw: int, ep
 def _norm_pix_mse_backward_op(grad: Tensor, pred: Tensor, x: Tensor, mask: Tensor, ph: int, pw: int,
                               eps: float) -> Tensor:
     """-> dpred (S, P, ph*pw) in pred's dtype."""
-    S, P, gw, KP = _shape(pred, x, ph, pw)
     mask = _f32(mask)
     scale = (grad.float() * (2.0 / (ph * pw)) / mask.sum(dtype=torch.float32)).reshape(1)
-    dpred = torch.empty((S, P, ph * pw), device=pred.device, dtype=pred.dtype)
-    wrap_triton(_norm_pix_mse_bwd)[(S, triton.cdiv(P, BLOCK_P))](
-        pred, x, mask, scale, dpred, P, gw, eps, *pred.stride(), *x.stride(), *mask.stride(),
-        PH=ph, PW=pw, KP=KP, BLOCK_P=BLOCK_P, num_warps=4)
+    dpred = torch.empty((*mask.shape, ph * pw), device=pred.device, dtype=pred.dtype)
+    launch(plan_backward(pred, x, mask, ph, pw, eps), pred, x, mask, scale, dpred)
     return dpred
 
 

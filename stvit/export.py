@@ -148,13 +148,20 @@ def export(model: Deployed, meta: dict[str, str], out: Path, device: torch.devic
     return time.perf_counter() - t0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m stvit.export",
                                  description="Export a trained classifier to an AOTInductor package for stvit_infer.")
-    ap.add_argument("--checkpoint", required=True, type=Path, help="a fine-tuning checkpoint (RUN/checkpoints/best.pt)")
-    ap.add_argument("--out", required=True, type=Path, help="the package to write (model.pt2)")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device the package runs on")
-    args = ap.parse_args(argv)
+    ap.add_argument("--checkpoint", required=True, type=Path, metavar="FILE",
+                    help="a fine-tuning checkpoint: RUN/checkpoints/best.pt (or last.pt of a fine-tuning run)")
+    ap.add_argument("--out", required=True, type=Path, metavar="FILE",
+                    help="the package to write, e.g. model.pt2; beside it FILE.golden.npy and FILE.json")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="the device the package will run on (it is compiled for it); default: cpu")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here")

@@ -335,11 +335,17 @@ def summary(cfg: ModelConfig) -> str:
     return "\n".join(lines)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m stvit.model", description="Describe the model of a preset: its "
+                                 "patches and tokens, and the parameter count of every part.")
+    ap.add_argument("--preset", default="paper", choices=["paper", "notebook", "demo"],
+                    help="the preset whose model is described; default: paper")
+    ap.add_argument("--summary", action="store_true", help="print the parameter counts (what it does anyway)")
+    return ap
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m stvit.model", description="Describe the model of a preset.")
-    ap.add_argument("--preset", default="paper", choices=["paper", "notebook", "demo"])
-    ap.add_argument("--summary", action="store_true", help="print parameter counts (the default action)")
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
     print(f"preset {args.preset}")
     print(summary(preset(args.preset).model))
     return 0

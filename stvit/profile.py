@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from . import cli, engine
-from .config import PRESETS, STAGES, Config
+from .config import KERNELS, PRESETS, STAGES, Config
 from .errors import UserError, run_cli
 from .flops import train_flops_per_sample
 from .nvml import NvmlSampler
@@ -331,26 +331,38 @@ def time_epochs(cfg: Config, X: np.ndarray, y: np.ndarray, device: torch.device,
 # --- command line --------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m stvit.profile", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--preset", choices=PRESETS, help="default: paper on CUDA, demo on CPU")
-    ap.add_argument("--config", help="JSON file of config values applied over the preset (as for stvit.train)")
-    ap.add_argument("--stage", choices=STAGES, default="pretrain")
-    ap.add_argument("--variant", choices=tuple(VARIANTS), default="fused+compile",
-                    help="a named way of running the step; --kernels/--compile/--loader override its parts")
-    ap.add_argument("--kernels", choices=("fused", "eager"))
-    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    ap.add_argument("--loader", choices=("device", "host"), help="device-resident split or host DataLoader")
-    ap.add_argument("--steps", type=int, help="timed steps (default 60 on CUDA, 4 on CPU)")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (they compile)")
-    ap.add_argument("--window", type=int, help="steps per throughput sample (default 10 on CUDA, 1 on CPU)")
-    ap.add_argument("--profile-steps", type=int, help="steps under torch.profiler (default 5 on CUDA, 1 on CPU; 0: none)")
-    ap.add_argument("--batch-size", type=int, help="volumes per step (default: the preset's)")
-    ap.add_argument("--n-train", type=int, help="synthetic volumes to draw batches from (default 64 on CUDA, 8 on CPU)")
-    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ap.add_argument("--precision", choices=PRECISIONS)
-    ap.add_argument("--interval", type=float, default=0.1, help="NVML sampling interval, seconds")
-    ap.add_argument("--out", help="report folder (default runs/profile-<preset>-<stage>-<time>)")
+    ap = argparse.ArgumentParser(prog="python -m stvit.profile", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=PRESETS, help="the model and recipe; default: paper on a CUDA GPU, demo on "
+                                                      "a CPU")
+    ap.add_argument("--config", metavar="FILE", help="a JSON file of config values over the preset (as for "
+                                                     "python -m stvit.train --config)")
+    ap.add_argument("--stage", choices=STAGES, default="pretrain", help="which stage's step; default: pretrain")
+    ap.add_argument("--variant", choices=tuple(VARIANTS), default="fused+compile", help=(
+        "how the step runs: baseline (the seed's way: eager, no compile, a host DataLoader, torch's AdamW), "
+        "eager+compile, fused+compile (the engine's fast path); --kernels/--compile/--loader override its parts; "
+        "default: fused+compile"))
+    ap.add_argument("--kernels", choices=KERNELS, help="the patch/mask ops (fused Triton kernels or the eager "
+                                                       "reference); default: the variant's")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile the step; default: the variant's")
+    ap.add_argument("--loader", choices=("device", "host"), help="the split resident on the device, or a host "
+                                                                 "DataLoader copying each batch; default: the variant's")
+    ap.add_argument("--steps", type=int, metavar="N", help="timed steps; default: 60 on CUDA, 4 on a CPU")
+    ap.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed steps first (they compile); "
+                                                                       "default: 3")
+    ap.add_argument("--window", type=int, metavar="N", help="steps per throughput sample; default: 10 on CUDA, "
+                                                            "1 on a CPU")
+    ap.add_argument("--profile-steps", type=int, metavar="N", help="steps under torch.profiler for the top-kernel "
+                                                                   "table, 0 for none; default: 5 on CUDA, 1 on a CPU")
+    ap.add_argument("--batch-size", type=int, metavar="N", help="volumes per step; default: the preset's")
+    ap.add_argument("--n-train", type=int, metavar="N", help="synthetic volumes the batches are drawn from; default: "
+                                                             "64 on CUDA, 8 on a CPU")
+    ap.add_argument("--device", choices=cli.DEVICES, default="auto", help="default: auto (a CUDA GPU if there is one)")
+    ap.add_argument("--precision", choices=PRECISIONS, help="autocast dtype; default: the preset's (auto: bf16 on "
+                                                            "sm80+, fp16 below, fp32 on a CPU)")
+    ap.add_argument("--interval", type=float, default=0.1, metavar="S", help="NVML sampling interval in seconds; "
+                                                                             "default: 0.1")
+    ap.add_argument("--out", metavar="DIR", help="report folder; default: runs/profile-<preset>-<stage>-<time>")
     return ap
 
 

@@ -19,18 +19,20 @@ import dataclasses
 import datetime as dt
 import logging
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from . import cli
 from . import data as D
 from . import distributed as DIST
 from . import rng
-from .config import MASK_STRATEGIES, PRESETS, Config, show_value
+from .config import KERNELS, MASK_STRATEGIES, PRESETS, Config, show_value
 from .engine import NonFiniteLoss
 from .errors import UserError, run_cli
 from .evaluation import evaluate
@@ -45,38 +47,108 @@ log = logging.getLogger("stvit.train")
 STAGE_CHOICES = ("all", "pretrain", "finetune", "evaluate")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m stvit.train", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--data", help="data file (.mat v5/v7/v7.3, .npz) or NIfTI folder; default: the built-in "
-                                   "synthetic set (generated once and cached)")
-    ap.add_argument("--preset", choices=PRESETS, help="default: paper on CUDA, demo on CPU")
-    ap.add_argument("--config", help="JSON file of config values (nested like config.json) applied over the preset")
-    ap.add_argument("--out", help="run directory (default: runs/<preset>-<time>)")
-    ap.add_argument("--resume", metavar="DIR", help="continue the run in DIR from checkpoints/last.pt")
-    ap.add_argument("--stage", choices=STAGE_CHOICES, default="all")
-    ap.add_argument("--device", choices=cli.DEVICES)
-    ap.add_argument("--pretrain-epochs", "--mae-epochs", dest="pretrain_epochs", type=int)
-    ap.add_argument("--ft-epochs", type=int)
-    ap.add_argument("--batch-size", type=int, help="volumes per optimizer step")
-    ap.add_argument("--seed", type=int)
-    ap.add_argument("--kernels", choices=("fused", "eager"))
-    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    ap.add_argument("--precision", choices=PRECISIONS)
-    ap.add_argument("--mask-strategy", choices=MASK_STRATEGIES,
-                    help="how pre-training picks the patches it removes: random (MAE) or attention (a share of them "
-                         "drawn in proportion to the attention each patch receives in the encoder); presets: random")
-    ap.add_argument("--mask-guide-ratio", type=float, metavar="R",
-                    help="attention strategy: share of the removed patches chosen by attention, the rest at random")
-    ap.add_argument("--mask-temperature", type=float, metavar="T",
-                    help="attention strategy: removal probability ~ score ** (1/T); lower T follows attention closer")
-    ap.add_argument("--class-names", nargs="+", help="names of the label values 0, 1, ...")
-    ap.add_argument("--flip-axis", type=int, choices=(0, 1, 2))
-    ap.add_argument("--nan-to-zero", action="store_true", default=None, help="repair NaN/Inf voxels to 0")
-    ap.add_argument("--select-on-test", action="store_true", default=None,
-                    help="pick the best epoch on the test split (the seed's protocol; leaks)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+EPILOG = """examples:
+  python -m stvit.train                                  the built-in synthetic set, the preset for this machine
+  python -m stvit.train --data HCP_emotion_4D_sample.mat --preset paper --out runs/paper-seed0
+  python -m stvit.train --resume runs/paper-seed0        continue it exactly (--ft-epochs N to lengthen it)
+  python -m stvit.train --stage finetune --out runs/r1   fine-tune the pre-trained encoder of an earlier run
+
+exit codes: 0 done; 2 bad input (one 'error:' line, nothing written); 3 a non-finite loss stopped the run;
+4 a file could not be written (disk full): continue with --resume. A run's files: see README, Training."""
+
+
+def help_context(argv: list[str] | None) -> tuple[Config, torch.device]:
+    """The config and device `--help` describes: those of the --preset, --device and --config on this command
+    line (the machine's defaults otherwise); never an error, since help must always print."""
+    pre = argparse.ArgumentParser(add_help=False)
+    for flag in ("--preset", "--device", "--config"):
+        pre.add_argument(flag)
+    known, _ = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
+    try:
+        device = cli.resolve_device(known.device if known.device in cli.DEVICES else None)
+    except UserError:
+        device = torch.device("cpu")
+    name = known.preset if known.preset in PRESETS else None
+    try:
+        return cli.load_config(name, known.config, {}, device), device
+    except UserError:
+        return cli.load_config(name, None, {}, device), device
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line; its help gives each default as it is for the preset and device of `argv`."""
+    cfg, device = help_context(argv)
+    m, d, t = cfg.model, cfg.data, cfg.train
+    here = f"{cfg.preset} preset on {device.type}"
+    about = (__doc__.split("\n\n")[0].replace("\n", " ") + f" The defaults below are those of the {here}; "
+             "--preset, --device and --config given with --help show others.")
+    ap = argparse.ArgumentParser(prog="python -m stvit.train", description=textwrap.fill(about, 100), epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", metavar="FILE", help=(
+        "the data set: a .mat (v5/v7/v7.3), .npz or HDF5 file with X_train, y_train, X_test, y_test (ids_* "
+        "optional), or a NIfTI folder with labels.csv; default: the built-in synthetic set "
+        f"({d.synth_train} + {d.synth_test} volumes here), generated once into $STVIT_CACHE"))
+    ap.add_argument("--preset", choices=PRESETS, help=(
+        "model and recipe: paper (the write-up: 7x2 patches, d 192), notebook (the public notebook's recipe), demo "
+        f"(small, for a CPU); default: paper on a CUDA GPU, demo on a CPU (here: {cli.default_preset(device)})"))
+    ap.add_argument("--config", metavar="FILE", help=(
+        "a JSON file of config values over the preset, nested like a run's config.json (sections model, data, "
+        "pretrain, finetune, train); flags override it"))
+    ap.add_argument("--out", metavar="DIR", help="the new run directory (absent or empty); default: "
+                                                 "runs/<preset>-<date>-<time>")
+    ap.add_argument("--resume", metavar="DIR", help=(
+        "continue the run in DIR exactly, from its checkpoints/last.pt; a flag that would change the run is "
+        "refused, --ft-epochs / --pretrain-epochs may lengthen it"))
+    ap.add_argument("--stage", choices=STAGE_CHOICES, default="all", help=(
+        "what to run: all (pre-training, fine-tuning, then the one test evaluation), pretrain, finetune (with "
+        "--out DIR of an earlier pretrain run: from its pretrain.pt), evaluate (DIR's best.pt on the test split); "
+        "default: all"))
+    ap.add_argument("--device", choices=cli.DEVICES, help=(
+        f"where to train: auto (a CUDA GPU if there is one), cpu or cuda; default: {t.device} (here: {device.type})"))
+    ap.add_argument("--pretrain-epochs", "--mae-epochs", dest="pretrain_epochs", type=int, metavar="N", help=(
+        f"epochs of MAE pre-training of the spatial encoder, 0 to skip it; default: {cfg.pretrain.epochs}"))
+    ap.add_argument("--ft-epochs", type=int, metavar="N", help=f"epochs of fine-tuning; default: {cfg.finetune.epochs}")
+    ap.add_argument("--batch-size", type=int, metavar="N", help=(
+        f"volumes per optimizer step (each volume is {m.volume[0]} slices); under torchrun the global batch; "
+        f"default: {t.batch_size}"))
+    ap.add_argument("--seed", type=int, metavar="N", help=(
+        f"seeds the validation split, initial weights, batch order, flips and masks; default: {t.seed}"))
+    ap.add_argument("--kernels", choices=KERNELS, help=(
+        "the patch-embedding, MAE gather/scatter and loss ops: fused (Triton kernels on a GPU; the plain-torch "
+        f"reference on a CPU) or eager (the reference everywhere); default: {m.kernels}"))
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help=(
+        f"compile each stage's train step with torch.compile(fullgraph=True); default: {_on(t.compile)}"))
+    ap.add_argument("--precision", choices=PRECISIONS, help=(
+        "autocast: auto (bf16 on a GPU of compute capability 8.0+, fp16 with a GradScaler below, fp32 on a CPU), "
+        f"fp32, bf16 or fp16; default: {t.precision}"))
+    pre = cfg.pretrain
+    ap.add_argument("--mask-strategy", choices=MASK_STRATEGIES, help=(
+        "how pre-training chooses the patches it removes: random (MAE) or attention (a share of them drawn in "
+        "proportion to the attention each patch receives in the current encoder, the rest at random; see README, "
+        f"Mask strategy); default: {pre.mask_strategy}"))
+    ap.add_argument("--mask-guide-ratio", type=float, metavar="R", help=(
+        "with --mask-strategy attention: the share of each slice's removed patches chosen by attention, in [0, 1]; "
+        f"default: {pre.mask_guide_ratio:g}"))
+    ap.add_argument("--mask-temperature", type=float, metavar="T", help=(
+        "with --mask-strategy attention: a patch is chosen with probability ~ score ** (1/T); lower T follows the "
+        f"attention more closely, higher T is closer to random; default: {pre.mask_temperature:g}"))
+    ap.add_argument("--class-names", nargs="+", metavar="NAME", help=(
+        f"names of the labels 0, 1, ... in metrics and figures; default: {' '.join(d.class_names)}"))
+    ap.add_argument("--flip-axis", type=int, choices=(0, 1, 2), help=(
+        f"volume axis of the flip augmentation ({100 * d.flip_fraction:.0f}%% of the training volumes each epoch): "
+        f"0 left-right, 1 posterior-anterior, 2 inferior-superior; default: {d.flip_axis}"))
+    ap.add_argument("--nan-to-zero", action="store_true", default=None,
+                    help="set NaN/Inf voxels to 0 instead of refusing the file; default: refuse")
+    ap.add_argument("--select-on-test", action="store_true", default=None, help=(
+        "pick the best epoch on the TEST split (the seed notebook's protocol); the result leaks and is marked so; "
+        "default: the validation split"))
+    ap.add_argument("--quiet", action="store_true",
+                    help="no progress bars (they are off anyway when stderr is not a terminal)")
     return ap
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 # the flags that set a config value: flag -> (argparse dest, config key)
@@ -330,7 +402,7 @@ def start_run_dir(plan: Plan, run: RunDir) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     DIST.init()  # torchrun with WORLD_SIZE > 1: join the process group; otherwise nothing
     try:
         return _main(args)

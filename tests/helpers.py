@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kernels.select import TOL, three_way
 from stvit.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,34 +141,24 @@ def killer_script(path: Path, section: dict) -> Path:
 
 # --- the three-way rule -----------------------------------------------------------------------------------------
 
-# Per dtype: (atol, rtol). atol is relative to the scale of the tensor compared (max |ref|, at least 1): it
-# absorbs fp32 summation-order noise. rtol is one unit of the dtype's precision: the fused ops accumulate in
-# fp32 and round once, so they may land on the other neighbour of a value the reference rounds exactly.
-TOL = {torch.float32: (2e-5, 2e-5), torch.float16: (2e-5, 2.0 ** -10), torch.bfloat16: (2e-5, 2.0 ** -7)}
-
-
 def three_way_failure(out, out_pt, ref, name: str = "output", atol: float | None = None, rtol: float | None = None,
                       scale: float | None = None, per_tensor: bool = False) -> str | None:
     """The three-way rule of STYLE.md, elementwise: |out - ref| <= 2 |out_pt - ref| + atol * scale + rtol |ref|.
 
     out: the fast path at some dtype; out_pt: the reference at the same dtype; ref: the reference in fp32 from
-    the same (rounded) inputs. atol and rtol default to `TOL` of out's dtype; scale to max |ref| (at least 1).
+    the same (rounded) inputs. atol and rtol default to `kernels.select.TOL` of out's dtype (the rule the kernels'
+    startup self-check applies: one rule for both); scale to max |ref| (at least 1).
     per_tensor: the looser form max |out - ref| <= 2 max |out_pt - ref| + atol * scale, for a caller that says
     why elementwise cannot hold. Returns None when the rule holds, else a message with the first mismatches."""
     if out.shape != ref.shape:
         return f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
     if out.dtype != out_pt.dtype:
         return f"{name}: dtype {out.dtype} != reference's {out_pt.dtype}"
-    d_atol, d_rtol = TOL[out.dtype]
-    atol, rtol = d_atol if atol is None else atol, d_rtol if rtol is None else rtol
+    dtype = out.dtype
+    bad, err, _, scale = three_way(out, out_pt, ref, atol=atol, rtol=rtol, scale=scale)  # NaN is a mismatch
     out, out_pt, ref = (t.detach().float().cpu() for t in (out, out_pt, ref))
-    if scale is None:
-        scale = max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
-    bound = 2 * (out_pt - ref).abs() + atol * scale + rtol * ref.abs()
-    err = (out - ref).abs()
-    bad = ~(err <= bound)  # NaN counts as a mismatch
     if per_tensor and torch.isfinite(err).all():
-        if err.max() <= 2 * (out_pt - ref).abs().max() + atol * scale:
+        if err.max() <= 2 * (out_pt - ref).abs().max() + (TOL[dtype][0] if atol is None else atol) * scale:
             return None
     elif not bad.any():
         return None

@@ -140,7 +140,8 @@ def test_cuda_trace_contains_the_triton_kernels():
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("KERNELS")]
     assert lines, f"the trace on fake CUDA tensors failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
     assert lines[0].split()[1:] == ["_patch_embed_fwd", "_mae_gather_fwd", "_mae_scatter_fwd", "_norm_pix_mse_fwd",
-                                    "_patch_embed_bwd", "_mae_gather_bwd", "_mae_scatter_bwd", "_norm_pix_mse_bwd"]
+                                    "_patch_embed_bwd", "_patch_embed_bwd_dx", "_mae_gather_bwd", "_mae_scatter_bwd",
+                                    "_norm_pix_mse_bwd"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -37,23 +37,35 @@ def _size(nbytes: float) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m stvit.data", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    i = sub.add_parser("inspect", help="show what is in a data file and whether it is valid")
-    i.add_argument("file", help="MAT (v5/v7/v7.3), HDF5 or .npz file, or a NIfTI folder / CSV")
-    i.add_argument("--nan-to-zero", action="store_true", help="repair NaN/Inf voxels instead of refusing them")
-    i.add_argument("--volume-shape", type=_positive, nargs=3, default=(53, 63, 46), metavar=("X", "Y", "Z"))
-    i.add_argument("--num-classes", type=_positive, default=2)
-    i.add_argument("--max-abs", type=float, default=MAX_ABS,
-                   help="refuse voxels beyond +-this (a unit or scaling error); z-scored data holds a few units")
-    s = sub.add_parser("synth", help="write a synthetic HCP-like set in the real layout")
-    s.add_argument("--out", required=True, help="output file (.mat, .npz, .h5), or a folder for --format nifti")
-    s.add_argument("--n-train", type=_positive, default=480, help="train volumes (the course file has 3200)")
-    s.add_argument("--n-test", type=_positive, default=160, help="test volumes (the course file has 800)")
-    s.add_argument("--seed", type=int, default=0)
+    i = sub.add_parser("inspect", help="show what is in a data file and whether it is valid",
+                       description="The variables of a data file (from its headers), then its checked contents "
+                                   "(label balance, subjects, value range, in-brain voxels) and 'valid'; or one "
+                                   "'error: FILE: problem' line and exit code 2.")
+    i.add_argument("file", help="a MAT (v5/v7/v7.3), HDF5 or .npz file, or a NIfTI folder (or its CSV)")
+    i.add_argument("--nan-to-zero", action="store_true", help="count NaN/Inf voxels as repairable (set to 0), as "
+                                                              "training with --nan-to-zero would; default: refuse")
+    i.add_argument("--volume-shape", type=_positive, nargs=3, default=(53, 63, 46), metavar=("X", "Y", "Z"),
+                   help="the volume shape the model expects; default: 53 63 46 (SPM's 3 mm grid)")
+    i.add_argument("--num-classes", type=_positive, default=2, metavar="N",
+                   help="labels must be 0 .. N-1; default: 2")
+    i.add_argument("--max-abs", type=float, default=MAX_ABS, metavar="V",
+                   help=f"refuse voxels beyond +-V (a unit or scaling error; z-scored data holds a few units); "
+                        f"default: {MAX_ABS:g}, as training (data.max_abs)")
+    s = sub.add_parser("synth", help="write a synthetic HCP-like set in the real layout",
+                       description="Generate the synthetic HCP-like set (the one training uses by default) and "
+                                   "write it in the course file's layout.")
+    s.add_argument("--out", required=True, metavar="FILE",
+                   help="output file (.mat, .npz, .h5), or a folder for --format nifti")
+    s.add_argument("--n-train", type=_positive, default=480, metavar="N",
+                   help="train volumes; default: 480 (the course file has 3200)")
+    s.add_argument("--n-test", type=_positive, default=160, metavar="N",
+                   help="test volumes; default: 160 (the course file has 800)")
+    s.add_argument("--seed", type=int, default=0, metavar="N", help="the generator's seed; default: 0")
     s.add_argument("--format", choices=FORMATS, help="mat (v5), mat73 (HDF5), npz, or nifti (a folder of .nii.gz volumes and labels.csv); default from the "
                         "extension")
     s.add_argument("--dtype", choices=("float64", "float32"), default="float64",
-                   help="volume dtype in the file (the course file is float64)")
-    s.add_argument("--force", action="store_true", help="overwrite an existing file")
+                   help="volume dtype in the file; default: float64, as the course file")
+    s.add_argument("--force", action="store_true", help="overwrite an existing file; default: refuse")
     return p
 
 
