@@ -1,8 +1,10 @@
 """A/B of the pre-training mask strategy: random vs attention-guided masking, the same runs otherwise.
 
-For each setting and seed, two full runs of `python -m stvit.train` on the built-in synthetic set (one process
-each, `--quiet`), identical but for `--mask-strategy`: the same split, the same initial weights, the same data
-order and the same uniform draws (the guided noise is built from them). Each run selects its fine-tune epoch on
+For each setting and seed, one full run of `python -m stvit.train` per arm on the built-in synthetic set (one
+process each, `--quiet`), identical but for the mask flags: the same split, the same initial weights, the same data
+order and the same uniform draws (the guided noise is built from them). Arms: `random`; `attention` (the
+defaults: guide ratio 0.5, temperature 1); `attention-T0.1` (temperature 0.1: the guided half follows the
+attention closely). Each run selects its fine-tune epoch on
 its validation split and evaluates the test split once; the linear baseline of the same split is read from
 metrics.json when the run writes one. Settings:
 
@@ -12,7 +14,7 @@ metrics.json when the run writes one. Settings:
 
 Runs already finished are read, not rerun (an interrupted A/B continues; a run with last.pt and no metrics.json
 is resumed). The report (Markdown) gives the per-seed numbers, the mean and range per arm, and the paired
-difference attention - random per seed.
+difference to random per seed, and how far each attention run's guided masks were from random ones.
 
     OMP_NUM_THREADS=1 nice -n 10 python bench/ab_masking.py --runs runs/ab-masking \
         --report bench/results/<date>-cpu-ab-masking.md
@@ -34,7 +36,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STRATEGIES = ("random", "attention")
+ARMS = {  # name -> the flags that make it
+    "random": ["--mask-strategy", "random"],
+    "attention": ["--mask-strategy", "attention"],
+    "attention-T0.1": ["--mask-strategy", "attention", "--mask-temperature", "0.1"],
+}
 SETTINGS = {
     "demo": {},
     "longer": {"pretrain": {"epochs": 4}},
@@ -43,11 +49,11 @@ SETTINGS = {
 DEFAULT_SETTINGS = ["demo", "longer"]
 
 
-def run_dir(runs: Path, setting: str, seed: int, strategy: str) -> Path:
-    return runs / setting / f"seed{seed}-{strategy}"
+def run_dir(runs: Path, setting: str, seed: int, arm: str) -> Path:
+    return runs / setting / f"seed{seed}-{arm}"
 
 
-def train(out: Path, setting: str, seed: int, strategy: str) -> dict:
+def train(out: Path, setting: str, seed: int, arm: str) -> dict:
     """One run (or its continuation); returns its wall seconds and load averages around it."""
     if (out / "metrics.json").exists():
         return json.loads((out / "ab.json").read_text()) if (out / "ab.json").exists() else {}
@@ -58,7 +64,7 @@ def train(out: Path, setting: str, seed: int, strategy: str) -> dict:
         cfg.parent.mkdir(parents=True, exist_ok=True)
         cfg.write_text(json.dumps(SETTINGS[setting]))
         cmd = ["--preset", "demo", "--device", "cpu", "--config", str(cfg), "--seed", str(seed),
-               "--mask-strategy", strategy, "--out", str(out)]
+               *ARMS[arm], "--out", str(out)]
     load0, t0 = os.getloadavg(), time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "stvit.train", *cmd, "--quiet"], cwd=ROOT, text=True,
                           capture_output=True)
@@ -82,6 +88,36 @@ def read_run(out: Path) -> dict:
             "baseline": base_test.get("accuracy") if isinstance(base_test, dict) else None}
 
 
+def guidance(out: Path, draws: int = 200) -> dict:
+    """How far the guided masks of a finished attention run are from random ones: with its pre-trained encoder,
+    16 volumes of the synthetic generator, and `draws` masks per slice, the removal rate of each slice's most and
+    least attended patch (random masking: every patch at the mask ratio), and the spread of the scores."""
+    import torch
+
+    from kernels.reference import random_masking
+    from stvit.config import Config
+    from stvit.data import make_synthetic
+    from stvit.masking import guided_count, guided_noise, patch_scores
+    from stvit.model import MAE
+    from stvit.precision import Precision
+
+    state = torch.load(out / "checkpoints" / "pretrain.pt", weights_only=True)
+    cfg = Config.from_dict(state["config"])
+    model = MAE(cfg.model)
+    model.load_state_dict(state["model"])
+    x = torch.from_numpy(make_synthetic(16, 1, 0).X_train)
+    scores = patch_scores(model.encoder, x.reshape(-1, *x.shape[-2:]), Precision.resolve("fp32", torch.device("cpu")))
+    S, P = scores.shape
+    g = guided_count(cfg.pretrain.mask_guide_ratio, P - cfg.model.len_keep)
+    u = torch.rand(draws, S, P, generator=torch.Generator().manual_seed(0)).reshape(-1, P)
+    noise = guided_noise(u, scores.repeat(draws, 1), g, cfg.pretrain.mask_temperature)
+    removed = random_masking(noise, cfg.model.mask_ratio)[2].reshape(draws, S, P).mean(0)  # (S, P) removal rate
+    rows = torch.arange(S)
+    ratio = scores.max(1).values / scores.min(1).values
+    return {"random_rate": 1 - cfg.model.len_keep / P, "top_rate": removed[rows, scores.argmax(1)].mean().item(),
+            "bottom_rate": removed[rows, scores.argmin(1)].mean().item(), "max_over_min_median": ratio.median().item()}
+
+
 def spread(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.3f} [{min(xs):.3f}, {max(xs):.3f}]"
 
@@ -98,7 +134,7 @@ def cpu_name() -> str:
 
 def report(runs: Path, settings: list[str], seeds: list[int], infos: dict, started: str, commit: str,
            command: str) -> str:
-    lines = ["# CPU: A/B of the pre-training mask strategy (random vs attention), built-in synthetic set", "",
+    lines = ["# CPU: A/B of the pre-training mask strategy (random vs attention-guided), built-in synthetic set", "",
              f"- Date: {started} (UTC start) to {dt.datetime.utcnow():%Y-%m-%d %H:%M} (UTC end); commit {commit}",
              f"- Machine: {cpu_name()}, {os.cpu_count()} cores, no GPU; shared with other jobs (load "
              "averages per run below); every run under `nice -n 10`",
@@ -106,28 +142,38 @@ def report(runs: Path, settings: list[str], seeds: list[int], infos: dict, start
              + f" (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})",
              f"- Command: `nice -n 10 {command}`",
              "- Each run: `python -m stvit.train --preset demo --device cpu --config <setting>.json --seed S "
-             "--mask-strategy {random,attention} --out <dir> --quiet`; attention = the defaults "
-             "(mask_guide_ratio 0.5, mask_temperature 1.0)", ""]
+             "<arm's flags> --out <dir> --quiet`; arms: " + "; ".join(f"{k}: `{' '.join(v)}`" for k, v in ARMS.items())
+             + " (guide ratio 0.5, the default, in both attention arms)", ""]
     for setting in settings:
-        rows = {(s, k): read_run(run_dir(runs, setting, s, k)) for s in seeds for k in STRATEGIES}
+        rows = {(s, k): read_run(run_dir(runs, setting, s, k)) for s in seeds for k in ARMS}
         lines += [f"## Setting `{setting}`: config {json.dumps(SETTINGS[setting])} over preset demo", "",
-                  "| seed | strategy | test acc | ROC-AUC | val acc | best epoch | last pretrain loss | baseline acc | "
+                  "| seed | arm | test acc | ROC-AUC | val acc | best epoch | last pretrain loss | baseline acc | "
                   "wall s | load avg (1 min) before/after |", "|---|---|---|---|---|---|---|---|---|---|"]
         for s in seeds:
-            for k in STRATEGIES:
+            for k in ARMS:
                 r, info = rows[s, k], infos.get((setting, s, k), {})
                 load = info.get("load_before"), info.get("load_after")
                 lines.append(f"| {s} | {k} | {r['acc']:.3f} | {r['auc']:.3f} | {r['val']:.3f} | {r['best_epoch']} | "
                              f"{r['pretrain_loss']:.4f} | {fmt(r['baseline'])} | {fmt(info.get('wall_s'), '.0f')} | "
                              f"{fmt(load[0] and load[0][0], '.1f')} / {fmt(load[1] and load[1][0], '.1f')} |")
-        lines += ["", "| strategy | test acc mean [min, max] | ROC-AUC mean [min, max] |", "|---|---|---|"]
-        for k in STRATEGIES:
+        lines += ["", "| arm | test acc mean [min, max] | ROC-AUC mean [min, max] | test acc - random, per seed "
+                  "| mean |", "|---|---|---|---|---|"]
+        for k in ARMS:
+            diff = [rows[s, k]['acc'] - rows[s, 'random']['acc'] for s in seeds]
             lines.append(f"| {k} | {spread([rows[s, k]['acc'] for s in seeds])} | "
-                         f"{spread([rows[s, k]['auc'] for s in seeds])} |")
-        diff = [rows[s, 'attention']['acc'] - rows[s, 'random']['acc'] for s in seeds]
+                         f"{spread([rows[s, k]['auc'] for s in seeds])} | {', '.join(f'{d:+.3f}' for d in diff)} | "
+                         f"{statistics.mean(diff):+.3f} |")
+        gd = {(s, k): guidance(run_dir(runs, setting, s, k)) for s in seeds for k in ARMS if k != "random"}
+        lines += ["", "How far the guided masks were from random ones, with each attention run's pre-trained encoder "
+                  "(16 synthetic volumes, 200 masks per slice): removal rate of each slice's most / least attended "
+                  f"patch, mean over slices, against {next(iter(gd.values()))['random_rate']:.3f} for every patch "
+                  "under random masking; median over slices of max score / min score:", "",
+                  "| seed | arm | most attended removed | least attended removed | score max/min |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {s} | {k} | {d['top_rate']:.3f} | {d['bottom_rate']:.3f} | {d['max_over_min_median']:.2f} |"
+                  for (s, k), d in gd.items()]
         base = [rows[s, 'random']['baseline'] for s in seeds]
-        lines += ["", f"Paired difference attention - random in test accuracy, per seed: "
-                      f"{', '.join(f'{d:+.3f}' for d in diff)}; mean {statistics.mean(diff):+.3f}."]
+        lines.append("")
         if all(b is not None for b in base):
             lines.append(f"Linear baseline of the same splits: {spread(base)}.")
         lines.append("")
@@ -158,12 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     infos = {}
     for setting in args.settings:
         for seed in args.seeds:
-            for strategy in STRATEGIES:
-                out = run_dir(runs, setting, seed, strategy)
-                infos[setting, seed, strategy] = train(out, setting, seed, strategy)
+            for arm in ARMS:
+                out = run_dir(runs, setting, seed, arm)
+                infos[setting, seed, arm] = train(out, setting, seed, arm)
                 r = read_run(out)
-                print(f"{setting} seed {seed} {strategy}: test acc {r['acc']:.3f}, ROC-AUC {r['auc']:.3f}, "
-                      f"baseline {fmt(r['baseline'])}, {fmt(infos[setting, seed, strategy].get('wall_s'), '.0f')} s",
+                print(f"{setting} seed {seed} {arm}: test acc {r['acc']:.3f}, ROC-AUC {r['auc']:.3f}, "
+                      f"baseline {fmt(r['baseline'])}, {fmt(infos[setting, seed, arm].get('wall_s'), '.0f')} s",
                       flush=True)
     command = "python bench/ab_masking.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = report(runs, args.settings, args.seeds, infos, started, commit, command)
