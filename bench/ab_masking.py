@@ -118,6 +118,19 @@ def guidance(out: Path, draws: int = 200) -> dict:
             "bottom_rate": removed[rows, scores.argmin(1)].mean().item(), "max_over_min_median": ratio.median().item()}
 
 
+def paired_test(a: Path, b: Path) -> tuple[int, int, float]:
+    """Test volumes that only run `a` classified right, only `b` did, and the exact McNemar p-value (two-sided
+    binomial test of the discordant pairs): the two runs are scored on the same volumes."""
+    import numpy as np
+    from scipy.stats import binomtest
+
+    pa, pb = np.load(a / "predictions.npz"), np.load(b / "predictions.npz")
+    assert np.array_equal(pa["test_labels"], pb["test_labels"])
+    ra, rb = (p["test_probs"].argmax(1) == p["test_labels"] for p in (pa, pb))
+    only_a, only_b = int((ra & ~rb).sum()), int((rb & ~ra).sum())
+    return only_a, only_b, binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+
+
 def spread(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.3f} [{min(xs):.3f}, {max(xs):.3f}]"
 
@@ -157,12 +170,14 @@ def report(runs: Path, settings: list[str], seeds: list[int], infos: dict, start
                              f"{r['pretrain_loss']:.4f} | {fmt(r['baseline'])} | {fmt(info.get('wall_s'), '.0f')} | "
                              f"{fmt(load[0] and load[0][0], '.1f')} / {fmt(load[1] and load[1][0], '.1f')} |")
         lines += ["", "| arm | test acc mean [min, max] | ROC-AUC mean [min, max] | test acc - random, per seed "
-                  "| mean |", "|---|---|---|---|---|"]
+                  "| mean | per seed: right only here / only with random (McNemar p) |", "|---|---|---|---|---|---|"]
         for k in ARMS:
             diff = [rows[s, k]['acc'] - rows[s, 'random']['acc'] for s in seeds]
+            tests = [paired_test(run_dir(runs, setting, s, k), run_dir(runs, setting, s, "random")) for s in seeds]
             lines.append(f"| {k} | {spread([rows[s, k]['acc'] for s in seeds])} | "
                          f"{spread([rows[s, k]['auc'] for s in seeds])} | {', '.join(f'{d:+.3f}' for d in diff)} | "
-                         f"{statistics.mean(diff):+.3f} |")
+                         f"{statistics.mean(diff):+.3f} | " + ("" if k == "random" else ", ".join(
+                             f"{a} / {b} ({p:.2f})" for a, b, p in tests)) + " |")
         gd = {(s, k): guidance(run_dir(runs, setting, s, k)) for s in seeds for k in ARMS if k != "random"}
         lines += ["", "How far the guided masks were from random ones, with each attention run's pre-trained encoder "
                   "(16 synthetic volumes, 200 masks per slice): removal rate of each slice's most / least attended "
