@@ -37,12 +37,13 @@ PRESETS = ("paper", "notebook", "demo")
 STAGES = ("pretrain", "finetune")  # the training stages, in order; each has an OptimConfig section of its name
 # (pre-training's, `PretrainConfig`, adds how the MAE masks)
 LEGACY_SECTIONS = {"mae": "pretrain"}  # old name -> name; configs that use the old one still load
-KERNELS = ("eager", "fused")
+KERNELS = ("auto", "fused", "eager")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "step", "constant")
 POS_INITS = ("sincos", "normal")
 MASK_STRATEGIES = ("random", "attention")
+AUGMENTS = ("flip", "elastic", "scale", "noise")  # the training augmentations, in the order they are applied
 
 
 class ConfigError(ValueError):
@@ -108,7 +109,10 @@ class ModelConfig:
     norm_eps: float = 1e-6
     init_std: float = 0.02
     pos_init: str = "sincos"  # learnable position embeddings start as MAE's sin-cos table ("normal": N(0, init_std))
-    kernels: str = "eager"  # "eager" (plain-torch reference ops) or "fused" (Triton kernels)
+    # "auto": the Triton kernels on a GPU, each after a startup self-check (the reference for an op that fails it,
+    # with a warning), the reference on a CPU; "fused": the kernels, a failed self-check is an error; "eager": the
+    # plain-torch reference ops everywhere
+    kernels: str = "auto"
 
     def __post_init__(self):
         self.check()
@@ -190,6 +194,33 @@ class DataConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """The augmentations of every training batch, on the device (`stvit.data.augment`): `ops` says which, applied
+    in the order of `AUGMENTS` whatever the order of the list. Validation and test batches are never augmented.
+
+    flip: `data.flip_fraction` of the volumes flipped along `data.flip_axis` each epoch (the seed's augmentation);
+    elastic: a smooth random displacement of the brain inside its own mask; scale: each volume's intensities times
+    a random factor; noise: Gaussian noise added inside the brain. Background voxels (exactly 0) stay exactly 0."""
+
+    ops: tuple[str, ...] = ("flip",)
+    elastic_magnitude: float = 1.5  # std of the displacement at each control point, in voxels
+    elastic_spacing: float = 8.0  # voxels between control points of the displacement: larger is smoother
+    scale_spread: float = 0.1  # intensity factor uniform in [1 - spread, 1 + spread], one per volume
+    noise_std: float = 0.1  # std of the added noise, in the data's units (z-scored volumes: 1 = a voxel's spread)
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        for op in self.ops:
+            _need(op in AUGMENTS, "ops", f"must name augmentations among {', '.join(AUGMENTS)}", list(self.ops))
+        _need(len(set(self.ops)) == len(self.ops), "ops", "names an augmentation twice", list(self.ops))
+        at_least(self, 0, "elastic_magnitude", "noise_std")
+        at_least(self, 1, "elastic_spacing")
+        in_range(self, "scale_spread", 0, 1, high_open=True)
+
+
+@dataclass
 class OptimConfig:
     epochs: int
     lr: float
@@ -268,6 +299,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(epochs=80, lr=1.5e-4, warmup_epochs=10))
     finetune: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=20, lr=3e-5, warmup_epochs=0))
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
         one_of(self, "preset", PRESETS)

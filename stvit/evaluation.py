@@ -17,6 +17,7 @@ from .fit import LEAK_WARNING, Splits, predict_split
 from .model import SpatioTemporalClassifier
 from .precision import Precision
 from .rundir import RunDir
+from .stages import choose_ops
 
 
 def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, precision: Precision,
@@ -26,7 +27,8 @@ def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, pre
     if not run.has("best.pt"):
         raise UserError("no checkpoints/best.pt to evaluate (run the finetune stage first)", run.path)
     best = run.load("best.pt")
-    clf = SpatioTemporalClassifier(cfg.model).to(device)
+    ops = choose_ops(cfg, device, precision)
+    clf = SpatioTemporalClassifier(cfg.model).to(device).use_ops(ops.ops)
     clf.load_state_dict(best["model"])
     fn = steps.build(steps.classifier_logits, clf, precision, compile=False, name="evaluation")
     names = list(cfg.data.class_names)
@@ -41,6 +43,7 @@ def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, pre
         "selected_on": best.get("selected_on", "val"),
         "class_names": names,
         "data": source,
+        "kernels": ops.to_json(),
     }
     if metrics["selected_on"] == "test":
         metrics["warning"] = LEAK_WARNING

@@ -20,6 +20,7 @@ from . import distributed as DIST
 from . import engine
 from . import rng
 from .config import Config
+from .data.augment import flip_fraction
 from .data.batches import DeviceSplit
 from .rundir import RunDir
 from .stages import StageSetup
@@ -86,8 +87,11 @@ def restore_rng(resume: dict[str, Any], run: RunDir) -> None:
 
 
 def fit(setup: StageSetup, run: RunDir, splits: Splits, resume: dict[str, Any] | None = None, *,
-        quiet: bool = False) -> None:
-    """Run the epochs of `setup.stage` that are left (all of them, or those after `resume`'s epoch)."""
+        quiet: bool = False, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Run the epochs of `setup.stage` that are left (all of them, or those after `resume`'s epoch).
+
+    on_epoch: called with each epoch's log record once the epoch is logged and saved; it may raise to stop the
+    stage there (the tuner's pruning, `stvit.tune`)."""
     stage, cfg, t, optim = setup.stage, setup.cfg, setup.cfg.train, setup.optim
     start, best = 0, {"epoch": 0, "acc": -1.0}
     if resume is not None:
@@ -100,7 +104,7 @@ def fit(setup: StageSetup, run: RunDir, splits: Splits, resume: dict[str, Any] |
     for epoch in range(start, optim.epochs):
         setup.begin_epoch(epoch)
         batches = splits.train.epoch_batches(t.batch_size, epoch=epoch, seed=setup.seed,
-                                             flip_fraction=cfg.data.flip_fraction, flip_axis=cfg.data.flip_axis,
+                                             flip_fraction=flip_fraction(cfg), flip_axis=cfg.data.flip_axis,
                                              rank=DIST.rank(), world_size=DIST.world_size())
         stats = engine.train_one_epoch(setup.step, setup.model, setup.optimizer, setup.scaler, batches, steps, optim,
                                        epoch, log_every=t.log_every, max_nonfinite=t.max_nonfinite_steps,
@@ -111,8 +115,10 @@ def fit(setup: StageSetup, run: RunDir, splits: Splits, resume: dict[str, Any] |
                       skipped_steps=stats.skipped)
         if stage.evaluates:
             record.update(validate(setup, splits, test=t.select_on_test))
-        if epoch == start and t.compile:
-            record["compile_seconds"] = setup.compile_seconds
+        if epoch == start:
+            record["kernels"] = setup.ops.to_json()  # which ops ran fused, and why
+            if t.compile:
+                record["compile_seconds"] = setup.compile_seconds
         run.log(record)
         extra = {}
         if stage.evaluates:
@@ -122,6 +128,8 @@ def fit(setup: StageSetup, run: RunDir, splits: Splits, resume: dict[str, Any] |
                                      "config": cfg.to_dict(), "selected_on": select, "val_acc": record["val_acc"]})
             extra["best"] = best
         run.save("last.pt", resumable_state(setup, epoch + 1, splits.index, **extra))
+        if on_epoch is not None:
+            on_epoch(record)
     if stage.checkpoint:  # a finished stage resumed with no epoch left writes it again
         run.save(stage.checkpoint, {"stage": stage.name, "epoch": optim.epochs, "model": setup.model.state_dict(),
                                     "config": cfg.to_dict()})

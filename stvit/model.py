@@ -5,8 +5,10 @@ Shapes in comments: B volumes, T slices per volume, S = B*T slices, P patches pe
 patches (72), N tokens, D channels.
 
 The four patch/mask ops (`patch_embed`, `mae_gather`, `mae_scatter`, `norm_pix_mse`) are called through one
-seam, `self.ops`, chosen by `kernels="eager"` (plain-torch reference) or `"fused"` (Triton kernels): the same
-tree and the same parameters either way (`set_kernels` switches a built model).
+seam, `self.ops`: the same tree and the same parameters whatever runs them. `kernels="eager"` gives the
+plain-torch reference, `"fused"` the Triton kernels (`kernels`, which dispatch per call), `"auto"` the reference
+until the stage setup installs what `kernels.select` chose for the run's device and dtype (`use_ops`: the fused
+ops that pass their startup self-check on a GPU).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from .config import ModelConfig, preset
 
 log = logging.getLogger(__name__)
 
-OPS: dict[str, ModuleType] = {"eager": reference, "fused": kernels}
+OPS: dict[str, ModuleType] = {"eager": reference, "fused": kernels, "auto": reference}
 
 
 def select_ops(name: str) -> ModuleType:
@@ -232,7 +234,11 @@ class SpatioTemporalClassifier(nn.Module):
         self.head = Head(cfg)
 
     def set_kernels(self, name: str) -> "SpatioTemporalClassifier":
-        self.spatial.ops = select_ops(name)
+        return self.use_ops(select_ops(name))
+
+    def use_ops(self, ops) -> "SpatioTemporalClassifier":
+        """Run the four ops through `ops` (a module or namespace with them, e.g. `kernels.select(...).ops`)."""
+        self.spatial.ops = ops
         return self
 
     def forward(self, x: Tensor) -> Tensor:
@@ -270,7 +276,11 @@ class MAE(nn.Module):
         return self.encoder.ops
 
     def set_kernels(self, name: str) -> "MAE":
-        self.encoder.ops = select_ops(name)
+        return self.use_ops(select_ops(name))
+
+    def use_ops(self, ops) -> "MAE":
+        """Run the four ops through `ops` (a module or namespace with them, e.g. `kernels.select(...).ops`)."""
+        self.encoder.ops = ops
         return self
 
     def patchify(self, x: Tensor) -> Tensor:

@@ -36,6 +36,7 @@ import torch
 
 from . import cli, engine
 from .config import KERNELS, PRESETS, STAGES, Config
+from .data.augment import flip_fraction
 from .errors import UserError, run_cli
 from .flops import train_flops_per_sample
 from .nvml import NvmlSampler
@@ -121,7 +122,7 @@ class StepRunner:
             self.batches = host_batches(X, y, self.batch_size, device, cfg.train.seed, num_workers)
         elif variant.loader == "device":
             split = D.DeviceSplit(X, y, device, self.precision.storage_dtype)
-            self.batches = device_batches(split, self.batch_size, self.setup.seed, cfg.data.flip_fraction,
+            self.batches = device_batches(split, self.batch_size, self.setup.seed, flip_fraction(cfg),
                                           cfg.data.flip_axis)
         else:
             raise ValueError(f"unknown loader '{variant.loader}' (choose from host, device)")
@@ -341,8 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
         "how the step runs: baseline (the seed's way: eager, no compile, a host DataLoader, torch's AdamW), "
         "eager+compile, fused+compile (the engine's fast path); --kernels/--compile/--loader override its parts; "
         "default: fused+compile"))
-    ap.add_argument("--kernels", choices=KERNELS, help="the patch/mask ops (fused Triton kernels or the eager "
-                                                       "reference); default: the variant's")
+    ap.add_argument("--kernels", choices=KERNELS, help="the patch/mask ops: auto (the Triton kernels after a "
+                                                       "self-check on a GPU), fused, or eager (the reference); "
+                                                       "default: the variant's")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile the step; default: the variant's")
     ap.add_argument("--loader", choices=("device", "host"), help="the split resident on the device, or a host "

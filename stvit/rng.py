@@ -3,8 +3,8 @@
 Two kinds of randomness:
 - per-epoch streams, a function of (stage seed, epoch, stream) only, so that a resumed run, a run on N processes
   and the profiler draw exactly what an uninterrupted single-process run draws: the visiting order of the
-  training split (`Stream.ORDER`), the volumes flipped this epoch (`Stream.FLIP`) and the MAE masking noise
-  (`Stream.MASK`);
+  training split (`Stream.ORDER`), the volumes flipped this epoch (`Stream.FLIP`), the MAE masking noise
+  (`Stream.MASK`) and the other augmentations of each batch (`Stream.AUGMENT`);
 - the global generators (python, numpy, torch CPU and CUDA), which dropout draws from: seeded once per process
   (`seed_everything`), saved in every resumable checkpoint (`rng_state`) and restored on resume.
 
@@ -27,6 +27,7 @@ class Stream(enum.IntEnum):
     ORDER = 1  # the visiting order of the training split
     FLIP = 2  # which training volumes are flipped
     MASK = 3  # the MAE masking noise
+    AUGMENT = 4  # the random augmentations of each training batch (elastic fields, intensity factors, noise)
 
 
 STAGE_OFFSET = {"pretrain": 1, "finetune": 2}

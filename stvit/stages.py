@@ -3,24 +3,30 @@
 A `Stage` says what a stage is: its name, the model it trains, the forward + loss of its step, whether each step
 draws MAE masking noise, whether it is evaluated on the validation split after each epoch, and the checkpoint it
 leaves when it ends. `setup_stage` builds, for any stage, run config and device: the model, its AdamW, the
-GradScaler of the precision, the (compiled) step with the masking noise drawn outside the graph (random or
-attention-guided: `stvit.masking`), the data-parallel wrapper under torchrun, and the evaluation function.
+GradScaler of the precision, the (compiled) step with the masking noise (random or attention-guided:
+`stvit.masking`) and the batch augmentations drawn outside the graph, the data-parallel wrapper under torchrun,
+and the evaluation function.
 
 The trainer (`stvit.fit`), the profiler (`stvit.profile`) and the benchmarks (`bench/`) all build their steps
 here, so what they time is what trains: the same graph, the same noise.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
+import kernels.select
+
 from . import distributed as DIST
 from . import steps
 from .config import Config, ModelConfig, OptimConfig
+from .data.augment import Augment
 from .engine import make_optimizer, param_groups
+from .errors import UserError
 from .masking import MaskNoise, mask_noise
 from .model import MAE, SpatioTemporalClassifier
 from .precision import Precision
@@ -43,6 +49,22 @@ FINETUNE = Stage("finetune", SpatioTemporalClassifier, steps.classifier_loss, ma
 STAGES = {s.name: s for s in (PRETRAIN, FINETUNE)}
 
 
+def choose_ops(cfg: Config, device: torch.device, precision: Precision) -> kernels.select.Selection:
+    """The ops of a run (`kernels.select` for `model.kernels`, the device and the autocast dtype), once per process
+    and setting: the self-check on a GPU runs once, before the first stage. In `fused` mode an op that fails its
+    self-check is a UserError: the user asked for the kernels and they do not work here."""
+    try:
+        return _select(cfg.model.kernels, str(device), precision.dtype, tuple(cfg.model.patch))
+    except kernels.select.KernelCheckError as e:
+        raise UserError(f"--kernels fused: {e.op} failed its startup self-check on {device} ({e.reason}); "
+                        "--kernels auto falls back to the reference for it") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _select(mode: str, device: str, dtype: torch.dtype, patch: tuple[int, int]) -> kernels.select.Selection:
+    return kernels.select.select(mode, device, dtype, patch=patch)
+
+
 @dataclass
 class StageSetup:
     """Everything it takes to step a stage: `step(x, y) -> (loss, logits or None)` is what the loop calls."""
@@ -58,16 +80,20 @@ class StageSetup:
     step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]]
     eval_fn: steps.Timed | None  # (compiled) logits for evaluation, stages that evaluate
     noise: MaskNoise | None
-    seed: int  # the stage's seed (`rng.stage_seed`): data order, flips and masks
+    seed: int  # the stage's seed (`rng.stage_seed`): data order, flips, augmentations and masks
+    ops: kernels.select.Selection  # which of the four ops are fused, and why
+    augment: Augment | None = None  # the batch augmentations other than flips (`cfg.augment.ops`)
 
     @property
     def optim(self) -> OptimConfig:
         return self.cfg.optim(self.stage.name)
 
     def begin_epoch(self, epoch: int) -> None:
-        """Call before each epoch's first step: the masking noise of the epoch."""
+        """Call before each epoch's first step: the masking noise and the augmentations of the epoch."""
         if self.noise is not None:
             self.noise.begin_epoch(epoch)
+        if self.augment is not None:
+            self.augment.begin_epoch(epoch)
 
     def state_dicts(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -95,7 +121,8 @@ def setup_stage(stage: Stage | str, cfg: Config, device: torch.device, *, precis
     precision = precision or Precision.resolve(cfg.train.precision, device)
     compile = cfg.train.compile if compile is None else compile
     optim = cfg.optim(stage.name)
-    model = stage.build_model(cfg.model).to(device)
+    ops = choose_ops(cfg, device, precision)
+    model = stage.build_model(cfg.model).to(device).use_ops(ops.ops)
     if init is not None:
         init(model)
     if fused_adamw:
@@ -110,13 +137,17 @@ def setup_stage(stage: Stage | str, cfg: Config, device: torch.device, *, precis
     train_fn = steps.build(stage.loss, model, precision, compile=compile, name=f"{stage.name} train step")
     parallel = DIST.data_parallel(train_fn, model)  # train_fn itself in one process
     seed = stage_seed(cfg.train.seed, stage.name)
-    noise = None
-    if stage.masks:
-        noise = mask_noise(cfg, seed, device, model, precision, DIST.rank(), DIST.world_size())
-        step = lambda x, y: (parallel(x, noise(x)), None)  # noqa: E731
-    else:
-        step = parallel
+    noise = mask_noise(cfg, seed, device, model, precision, DIST.rank(), DIST.world_size()) if stage.masks else None
+    augment = None  # flips happen as batches are gathered; the other augmentations here, outside the graph
+    if set(cfg.augment.ops) - {"flip"}:
+        augment = Augment(cfg, seed, device, DIST.rank(), DIST.world_size())
+
+    def step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
+        x = x if augment is None else augment(x)
+        return (parallel(x, noise(x)), None) if noise is not None else parallel(x, y)
+
     eval_fn = None
     if stage.evaluates:
         eval_fn = steps.build(steps.classifier_logits, model, precision, compile=compile, name=f"{stage.name} eval")
-    return StageSetup(stage, cfg, device, precision, model, optimizer, scaler, train_fn, step, eval_fn, noise, seed)
+    return StageSetup(stage, cfg, device, precision, model, optimizer, scaler, train_fn, step, eval_fn, noise, seed,
+                      ops, augment)

@@ -32,7 +32,7 @@ from . import cli
 from . import data as D
 from . import distributed as DIST
 from . import rng
-from .config import KERNELS, MASK_STRATEGIES, PRESETS, Config, show_value
+from .config import AUGMENTS, KERNELS, MASK_STRATEGIES, PRESETS, Config, show_value
 from .engine import NonFiniteLoss
 from .errors import UserError, run_cli
 from .evaluation import evaluate
@@ -41,7 +41,7 @@ from .model import MAE, transfer_encoder
 from .precision import CHOICES as PRECISIONS
 from .precision import Precision
 from .rundir import STAGE_ORDER, RunDir, WriteError
-from .stages import FINETUNE, PRETRAIN, setup_stage
+from .stages import FINETUNE, PRETRAIN, choose_ops, setup_stage
 
 log = logging.getLogger("stvit.train")
 STAGE_CHOICES = ("all", "pretrain", "finetune", "evaluate")
@@ -93,7 +93,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         f"(small, for a CPU); default: paper on a CUDA GPU, demo on a CPU (here: {cli.default_preset(device)})"))
     ap.add_argument("--config", metavar="FILE", help=(
         "a JSON file of config values over the preset, nested like a run's config.json (sections model, data, "
-        "pretrain, finetune, train); flags override it"))
+        "pretrain, finetune, train, augment); flags override it"))
     ap.add_argument("--out", metavar="DIR", help="the new run directory (absent or empty); default: "
                                                  "runs/<preset>-<date>-<time>")
     ap.add_argument("--resume", metavar="DIR", help=(
@@ -114,8 +114,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, metavar="N", help=(
         f"seeds the validation split, initial weights, batch order, flips and masks; default: {t.seed}"))
     ap.add_argument("--kernels", choices=KERNELS, help=(
-        "the patch-embedding, MAE gather/scatter and loss ops: fused (Triton kernels on a GPU; the plain-torch "
-        f"reference on a CPU) or eager (the reference everywhere); default: {m.kernels}"))
+        "the patch-embedding, MAE gather/scatter and loss ops: auto (the Triton kernels on a GPU, each after a "
+        "startup self-check, falling back to the reference with a warning; the reference on a CPU), fused (the "
+        "kernels; a failed self-check stops the run) or eager (the plain-torch reference everywhere); "
+        f"default: {m.kernels}"))
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help=(
         f"compile each stage's train step with torch.compile(fullgraph=True); default: {_on(t.compile)}"))
     ap.add_argument("--precision", choices=PRECISIONS, help=(
@@ -137,11 +139,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--flip-axis", type=int, choices=(0, 1, 2), help=(
         f"volume axis of the flip augmentation ({100 * d.flip_fraction:.0f}%% of the training volumes each epoch): "
         f"0 left-right, 1 posterior-anterior, 2 inferior-superior; default: {d.flip_axis}"))
+    ap.add_argument("--augment", nargs="*", choices=AUGMENTS, metavar="OP", help=(
+        f"the training augmentations, among {', '.join(AUGMENTS)}: flip (as --flip-axis says), elastic (a smooth "
+        "random deformation inside the brain), scale (intensities times a random factor), noise (Gaussian, inside "
+        "the brain); their strengths: the config's augment section; the flag alone: none; "
+        f"default: {' '.join(cfg.augment.ops) or 'none'}"))
     ap.add_argument("--nan-to-zero", action="store_true", default=None,
                     help="set NaN/Inf voxels to 0 instead of refusing the file; default: refuse")
     ap.add_argument("--select-on-test", action="store_true", default=None, help=(
         "pick the best epoch on the TEST split (the seed notebook's protocol); the result leaks and is marked so; "
         "default: the validation split"))
+    ap.add_argument("--explain", action="store_true", help=(
+        "after the final evaluation, write brain maps of the test split to RUN/maps (python -m stvit.explain with "
+        "its defaults; needs pip install 'stvit[maps]'); default: off"))
     ap.add_argument("--quiet", action="store_true",
                     help="no progress bars (they are off anyway when stderr is not a terminal)")
     return ap
@@ -154,6 +164,7 @@ def _on(flag: bool) -> str:
 # the flags that set a config value: flag -> (argparse dest, config key)
 FLAGS = {"--data": ("data", "data.path"), "--class-names": ("class_names", "data.class_names"),
          "--flip-axis": ("flip_axis", "data.flip_axis"), "--nan-to-zero": ("nan_to_zero", "data.nan_to_zero"),
+         "--augment": ("augment", "augment.ops"),
          "--pretrain-epochs": ("pretrain_epochs", "pretrain.epochs"), "--ft-epochs": ("ft_epochs", "finetune.epochs"),
          "--kernels": ("kernels", "model.kernels"), "--batch-size": ("batch_size", "train.batch_size"),
          "--seed": ("seed", "train.seed"), "--device": ("device", "train.device"),
@@ -327,10 +338,20 @@ def plan_new(args: argparse.Namespace) -> Plan:
 
 
 def plan_run(args: argparse.Namespace) -> Plan:
-    """Read and check everything a user gave (every rank; nothing written)."""
+    """Read and check everything a user gave (every rank; nothing written), and choose the ops (on a GPU, the
+    kernels' self-check runs here: in `fused` mode a failure stops the run before anything is written)."""
     plan = plan_resume(args) if args.resume else plan_new(args)
+    if args.explain:
+        from . import explain
+
+        if plan.stage == "pretrain":
+            raise UserError("--explain maps the classifier after the final evaluation: not with --stage pretrain")
+        explain.require_packages(explain.METHODS)
+        explain.check_out(plan.run_dir / "maps")
     check_world(plan.cfg)
     check_split(plan.cfg, plan.split, plan.data)
+    device = DIST.local_device(cli.resolve_device(plan.cfg.train.device))
+    choose_ops(plan.cfg, device, Precision.resolve(plan.cfg.train.precision, device))
     return plan
 
 
@@ -348,18 +369,26 @@ def pretrained_encoder(run: RunDir, cfg: Config):
     return init
 
 
-def run_stages(plan: Plan, run: RunDir, splits: Splits, device, precision: Precision, quiet: bool) -> dict | None:
-    """The stages the plan asks for, in order; the final evaluation's metrics (None without one)."""
-    cfg, stage, resume = plan.cfg, plan.stage, plan.resume
+def fit_stages(cfg: Config, run: RunDir, splits: Splits, device, precision: Precision, *, stage: str = "all",
+               resume: dict | None = None, quiet: bool = False, on_epoch=None) -> None:
+    """The training stages `stage` asks for, in order: pre-training, then fine-tuning from its encoder; `resume`
+    continues the stage of its checkpoint. on_epoch: `fit`'s per-epoch callback (`stvit.tune`)."""
     if stage in ("all", "pretrain") and cfg.pretrain.epochs > 0 and (resume is None or resume["stage"] == "pretrain"):
         # a finished pre-training resumes to zero epochs and (re)writes pretrain.pt
-        fit(setup_stage(PRETRAIN, cfg, device, precision=precision, resume=resume), run, splits, resume, quiet=quiet)
+        setup = setup_stage(PRETRAIN, cfg, device, precision=precision, resume=resume)
+        fit(setup, run, splits, resume, quiet=quiet, on_epoch=on_epoch)
         resume = None
     if stage in ("all", "finetune"):
         resume = resume if resume is not None and resume["stage"] == "finetune" else None
         init = None if resume is not None else pretrained_encoder(run, cfg)
         setup = setup_stage(FINETUNE, cfg, device, precision=precision, init=init, resume=resume)
-        fit(setup, run, splits, resume, quiet=quiet)
+        fit(setup, run, splits, resume, quiet=quiet, on_epoch=on_epoch)
+
+
+def run_stages(plan: Plan, run: RunDir, splits: Splits, device, precision: Precision, quiet: bool) -> dict | None:
+    """The stages the plan asks for, in order; the final evaluation's metrics (None without one)."""
+    cfg, stage = plan.cfg, plan.stage
+    fit_stages(cfg, run, splits, device, precision, stage=stage, resume=plan.resume, quiet=quiet)
 
     def draw(folder):
         from .figures import plot_curves  # matplotlib, only when figures are drawn
@@ -459,8 +488,10 @@ def _train(args: argparse.Namespace, plan: Plan, run: RunDir, say) -> int:
     quiet = args.quiet or not sys.stderr.isatty() or not run.main
     world = DIST.world_size()
     procs = f", {world} processes of {cfg.train.batch_size // world} volumes" if world > 1 else ""
+    ops = choose_ops(cfg, device, precision)
+    fused = ", ".join(ops.fused) or "none"
     say(f"run directory: {run.path}  (preset {cfg.preset}, device {device}{procs}, precision {precision.name}, "
-        f"kernels {cfg.model.kernels}, compile {cfg.train.compile}; data {plan.data.source}: "
+        f"kernels {cfg.model.kernels} (fused: {fused}), compile {cfg.train.compile}; data {plan.data.source}: "
         f"{len(splits.train)} train / {len(splits.val)} val / {len(plan.data.y_test)} test volumes)", flush=True)
     t0 = time.perf_counter()
     m = run_stages(plan, run, splits, device, precision, quiet)
@@ -471,6 +502,11 @@ def _train(args: argparse.Namespace, plan: Plan, run: RunDir, say) -> int:
         say(f"test: accuracy {t['accuracy']:.3f}, ROC-AUC {auc} on {t['n']} volumes{lost} (best epoch "
             f"{m['best_epoch']} by {m['selected_on']} accuracy; val accuracy {m['val']['accuracy']:.3f}); total "
             f"{time.perf_counter() - t0:.0f} s; {run.path / 'metrics.json'}")
+        if args.explain and run.main:
+            from . import explain
+
+            return explain.main([str(run.path), "--device", device.type, *(["--quiet"] if quiet else [])],
+                                data=plan.data)
     return 0
 
 

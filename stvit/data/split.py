@@ -1,4 +1,5 @@
-"""The validation split, carved from train: grouped by subject, stratified by label, deterministic by seed.
+"""The validation split, carved from train: grouped by subject, stratified by label, deterministic by seed; and
+subject-grouped folds of a split (`subject_folds`, the hyperparameter search's folds).
 
 Grouping keeps every volume of a subject on one side, so validation accuracy measures what the test split
 measures (new subjects). Without subject ids the split falls back to stratified random, with a warning.
@@ -42,6 +43,23 @@ def split_train_val(ids: np.ndarray | None, y: np.ndarray, fraction: float, seed
     chosen = _choose_groups(counts, fraction, rng)
     in_val = chosen[group]
     return np.flatnonzero(~in_val).astype(np.int64), np.flatnonzero(in_val).astype(np.int64)
+
+
+def subject_folds(ids: np.ndarray, y: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """(N,) int64: the fold (0..k-1) of each volume; whole subjects per fold, label proportions kept
+    (scikit-learn's `StratifiedGroupKFold`, shuffled by `seed`: same inputs and seed, same folds). ValueError when
+    there are fewer subjects than folds."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    ids, y = np.asarray(ids).reshape(-1), np.asarray(y).reshape(-1)
+    subjects = len(np.unique(ids))
+    if not 2 <= k <= subjects:
+        raise ValueError(f"{subjects} subjects cannot make {k} folds (each fold needs subjects of its own)")
+    fold = np.empty(len(y), np.int64)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed % 2**32)
+    for f, (_, held) in enumerate(splitter.split(np.zeros(len(y)), y, ids)):
+        fold[held] = f
+    return fold
 
 
 def _choose_groups(counts: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -86,12 +87,17 @@ def _blob(center_vox, sigma: float) -> np.ndarray:
     return g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :]
 
 
-def _pattern(regions, rng: np.random.Generator) -> np.ndarray:
-    out = np.zeros(PADDED)
+def _blobs(regions):
+    """(centre in voxels, weight, sigma) of every blob of `regions`, mirrored in x where x != 0, in drawing order."""
     for xyz, weight, sigma in regions:
         for sx in ((1, -1) if xyz[0] else (1,)):
-            c = mm_to_voxel((sx * xyz[0], xyz[1], xyz[2])) + rng.normal(0, SUBJECT_OFFSET_VOX, 3)
-            out += weight * _blob(c, sigma)
+            yield mm_to_voxel((sx * xyz[0], xyz[1], xyz[2])), weight, sigma
+
+
+def _pattern(regions, rng: np.random.Generator) -> np.ndarray:
+    out = np.zeros(PADDED)
+    for c, weight, sigma in _blobs(regions):
+        out += weight * _blob(c + rng.normal(0, SUBJECT_OFFSET_VOX, 3), sigma)
     return out
 
 
@@ -153,6 +159,57 @@ def _subject(seed: int, index: int, labels: np.ndarray, smooth: np.ndarray, coar
         x -= x.mean()
         x /= np.sqrt(np.dot(x, x) / len(x))
     return out
+
+
+@dataclass(frozen=True)
+class PlantedPatterns:
+    """The ground truth the generator plants, for checking brain maps against it (`planted_patterns`)."""
+
+    classes: np.ndarray  # (2, 53, 63, 46) float32: expected pattern of class 0 ("face") and 1 ("shape"), SHARED in both
+    regions: dict[str, np.ndarray]  # "face", "shape", "shared" -> (53, 63, 46) bool: where each group's blobs sit
+    brain: np.ndarray  # (53, 63, 46) bool: the support (`brain_support`)
+
+    @property
+    def difference(self) -> np.ndarray:
+        """Class 0 minus class 1: FACE minus SHAPE (SHARED cancels); what a class-difference map should show."""
+        return self.classes[0] - self.classes[1]
+
+    @property
+    def discriminative(self) -> np.ndarray:
+        """The voxels of the FACE and SHAPE regions, minus SHARED (which both classes carry)."""
+        return (self.regions["face"] | self.regions["shape"]) & ~self.regions["shared"]
+
+
+REGION_LEVEL = float(np.exp(-2.0))  # a blob's region: where its expected bump is above this share of its peak (2 sigma)
+
+
+def _expected_blob(center_vox, sigma: float) -> np.ndarray:
+    """E over subjects and jitters of a unit blob, on the brain voxels (n_brain,). A subject's displacement
+    N(0, SUBJECT_OFFSET_VOX) per axis turns a Gaussian of `sigma` into one of sqrt(sigma^2 + offset^2) with peak
+    (sigma / that)^3; the 27 jitters are averaged the way the generator reads them (`_shifted`)."""
+    wide = np.hypot(sigma, SUBJECT_OFFSET_VOX)
+    padded = _blob(center_vox, wide) * (sigma / wide) ** 3
+    return padded.reshape(-1)[_shifted()[0]].mean(0)
+
+
+def planted_patterns() -> PlantedPatterns:
+    """The class patterns the generator plants, as expected over subjects (the same for every seed: the seed draws
+    only each subject's displacement) in units of the blob weights, before the per-volume amplitude and z-scoring
+    (which scale both classes alike); and the region of each group of blobs. Generated volumes do not change."""
+    grid = _geometry()[0]
+
+    def on_grid(values: np.ndarray, dtype) -> np.ndarray:
+        out = np.zeros(int(np.prod(VOLUME_SHAPE)), dtype)
+        out[grid] = values
+        return out.reshape(VOLUME_SHAPE)
+
+    expected, regions = {}, {}
+    for name, group in (("face", FACE), ("shape", SHAPE), ("shared", SHARED)):
+        blobs = [(weight, _expected_blob(c, sigma)) for c, weight, sigma in _blobs(group)]
+        expected[name] = sum(w * b for w, b in blobs)
+        regions[name] = on_grid(np.any([b >= REGION_LEVEL * b.max() for _, b in blobs], axis=0), bool)
+    classes = np.stack([on_grid(expected[c] + expected["shared"], np.float32) for c in ("face", "shape")])
+    return PlantedPatterns(classes, regions, brain_support())
 
 
 def _subject_ids(seed: int, count: int) -> np.ndarray:

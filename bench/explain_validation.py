@@ -1,0 +1,142 @@
+"""Are the brain maps right? Models trained on the synthetic set against what its generator planted, and the
+sanity checks of Adebayo et al. (2018), in one command:
+
+    python bench/explain_validation.py --out DIR [--config FILE.json] [--seeds 0 1 ...] [--n N] [--steps S]
+                                       [--no-controls]
+
+For each seed: `python -m stvit.train --seed S` on the built-in synthetic set (preset demo unless --config says
+otherwise), then `python -m stvit.explain` on its test split (DIR/seed<S>/maps), and the agreement of its maps
+with the planted patterns (`stvit.explain.planted_agreement`). For the first seed, the controls: the same recipe
+trained on the same volumes with the training labels shuffled, and a re-initialized model, explained on the same
+volumes; the rank correlations of their maps with the trained model's. Everything goes to DIR/validation.json.
+`tests/explain_validation.json` is the recipe of the test's validation model (its thresholds come from here).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stvit import explain as E
+from stvit import train
+from stvit.config import Config
+from stvit.data import load_dataset, write_dataset
+from stvit.data.batches import DeviceSplit
+from stvit.data.synth import planted_patterns
+from stvit.errors import run_cli
+from stvit.model import SpatioTemporalClassifier
+from stvit.precision import Precision
+
+
+def train_run(out: Path, args: list[str]) -> Config:
+    """`python -m stvit.train ARGS --out OUT`; the run's config."""
+    assert run_cli(train.main, [*args, "--out", str(out), "--quiet"]) == 0, f"training {out} failed"
+    return Config.from_dict(json.loads((out / "config.json").read_text()))
+
+
+def shuffled_copy(source: Path, out: Path, seed: int) -> Path:
+    """The data file with its training labels permuted (test labels kept), as an npz."""
+    data = load_dataset(source)
+    data.y_train = np.random.default_rng(seed).permutation(data.y_train)
+    write_dataset(out, data, fmt="npz", dtype=np.float32)
+    return out
+
+
+def explain_model(model: SpatioTemporalClassifier, cfg: Config, data, index: np.ndarray, steps: int) -> E.Explained:
+    """IG maps of `model` on the test volumes at `index`, as the command computes them."""
+    split = DeviceSplit(data.X_test, data.y_test, torch.device("cpu"), index=index)
+    return E.explain(model, Precision.resolve(cfg.train.precision, torch.device("cpu")), split, methods=("ig",),
+                     steps=steps, batch_size=cfg.train.eval_batch_size)
+
+
+def best_model(run: Path) -> SpatioTemporalClassifier:
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    model = SpatioTemporalClassifier(Config.from_dict(state["config"]).model)
+    model.load_state_dict(state["model"])
+    return model
+
+
+def trained_seed(out: Path, common: list[str], explain: list[str], seed: int) -> dict:
+    """Train and explain one seed; its test metrics, IG completeness and agreement with the planted patterns."""
+    t0 = time.perf_counter()
+    train_run(out, [*common, "--seed", str(seed)])
+    t_train = time.perf_counter() - t0
+    assert run_cli(E.main, [str(out), *explain, "--quiet"]) == 0
+    record = json.loads((out / "maps" / "maps.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())["test"]
+    ig = record["integrated_gradients"]
+    return {"seed": seed, "test_accuracy": metrics["accuracy"], "test_roc_auc": metrics["roc_auc"],
+            "explained_volumes": len(record["volumes"]), "ig_steps": ig["steps"],
+            "max_abs_delta": ig["max_abs_delta"], "mean_abs_delta": ig["mean_abs_delta"],
+            "mean_abs_logit_gap": ig["mean_abs_logit_gap"],
+            "agreement": E.planted_agreement(E.read_maps(out / "maps"), planted_patterns()),
+            "seconds": {"training": round(t_train, 1), "explain": record["seconds"]}}
+
+
+def controls(out: Path, first: Path, common: list[str], seed: int) -> dict:
+    """The shuffled-label and re-initialized models of the first seed's recipe, on its explained volumes."""
+    cfg = Config.from_dict(json.loads((first / "config.json").read_text()))
+    record = json.loads((first / "maps" / "maps.json").read_text())
+    data = train.load_data(cfg)
+    t0 = time.perf_counter()
+    shuffled = shuffled_copy(Path(data.source), out / "shuffled.npz", seed)
+    train_run(out / "shuffled", [*common, "--seed", str(seed), "--data", str(shuffled)])
+    torch.manual_seed(seed + 1)
+    index, steps = np.asarray(record["volumes"]), record["integrated_gradients"]["steps"]
+    models = {"shuffled_labels": best_model(out / "shuffled"), "reinitialized": SpatioTemporalClassifier(cfg.model)}
+    trained, planted = E.read_maps(first / "maps"), planted_patterns()
+    result = {}
+    for name, model in models.items():
+        maps = explain_model(model, cfg, data, index, steps).maps
+        result[name] = {
+            "spearman_class_difference": E.correlation(E.class_difference(maps), E.class_difference(trained),
+                                                       planted.brain, rank=True),
+            "spearman_ig_abs_mean": E.correlation(maps["ig_abs_mean"], trained["ig_abs_mean"], planted.brain,
+                                                  rank=True),
+            "agreement": E.planted_agreement(maps, planted)}
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--config", help="a config JSON for the runs (default: preset demo)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
+    ap.add_argument("--n", type=int, default=64, help="test volumes explained")
+    ap.add_argument("--steps", type=int, default=32, help="IG steps")
+    ap.add_argument("--controls", action=argparse.BooleanOptionalAction, default=True,
+                    help="train and explain the shuffled-label and re-initialized controls of the first seed")
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    common = ["--device", "cpu", *(["--preset", "paper", "--config", a.config] if a.config else ["--preset", "demo"])]
+    explain = ["--n", str(a.n), "--steps", str(a.steps)]
+    t0, load = time.perf_counter(), list(os.getloadavg())
+    seeds = [trained_seed(a.out / f"seed{s}", common, explain, s) for s in a.seeds]
+    result = {
+        "command": f"python bench/explain_validation.py --out {a.out}" + (f" --config {a.config}" if a.config else "")
+                   + f" --seeds {' '.join(map(str, a.seeds))} --n {a.n} --steps {a.steps}"
+                   + ("" if a.controls else " --no-controls"),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads",
+        "load_average_at_start": load,
+        "seeds": seeds,
+        "controls": controls(a.out, a.out / f"seed{a.seeds[0]}", common, a.seeds[0]) if a.controls else None,
+        "load_average_at_end": list(os.getloadavg()),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    (a.out / "validation.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
