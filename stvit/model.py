@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from types import ModuleType
 
 import torch
@@ -62,10 +63,12 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(x))
 
     def weights(self, x: Tensor) -> Tensor:
-        """(B, N, C) -> (B, heads, N, N) fp32: softmax(q k^T / sqrt(C/heads)), row = query. SDPA does not return
-        its weights: this recomputes them from the same projection, apart from the training graph (no dropout)."""
+        """(B, N, C) -> (B, heads, N, N) fp32: softmax(q k^T / sqrt(C/heads)) (SDPA's default scale), row = query.
+        SDPA does not return its weights: this recomputes them from the same projection, apart from the training
+        graph (no dropout), for attention rollout (`stvit.explain`) and guided masking (`stvit.masking`)."""
         q, k, _ = self.split_heads(x)
-        return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1, dtype=torch.float32)
+        return torch.softmax(q.float() @ k.float().transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1,
+                             dtype=torch.float32)
 
 
 class Mlp(nn.Sequential):
