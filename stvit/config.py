@@ -35,12 +35,14 @@ log = logging.getLogger(__name__)
 
 PRESETS = ("paper", "notebook", "demo")
 STAGES = ("pretrain", "finetune")  # the training stages, in order; each has an OptimConfig section of its name
+# (pre-training's, `PretrainConfig`, adds how the MAE masks)
 LEGACY_SECTIONS = {"mae": "pretrain"}  # old name -> name; configs that use the old one still load
 KERNELS = ("auto", "fused", "eager")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "step", "constant")
 POS_INITS = ("sincos", "normal")
+MASK_STRATEGIES = ("random", "attention")
 AUGMENTS = ("flip", "elastic", "scale", "noise")  # the training augmentations, in the order they are applied
 
 
@@ -246,6 +248,28 @@ class OptimConfig:
 
 
 @dataclass
+class PretrainConfig(OptimConfig):
+    """The pre-training stage's section: its optimizer and schedule, and how the MAE chooses the patches it removes
+    (`stvit.masking`). How many it removes is the model's `mask_ratio` (it fixes the shapes); which ones is a
+    recipe, so it lives here, in the one section that only pre-training reads.
+
+    mask_strategy: "random" (MAE's uniform masking) or "attention": a share `mask_guide_ratio` of the removed
+    patches of each slice is drawn without replacement in proportion to score ** (1 / mask_temperature), the
+    score being the attention the patch receives in the current encoder; the rest are removed at random."""
+
+    mask_strategy: str = "random"
+    mask_guide_ratio: float = 0.5  # share of the removed patches chosen by attention (0: random masking)
+    mask_temperature: float = 1.0  # lower: the most attended patches are removed more surely; higher: more uniform
+
+    def check(self) -> None:
+        super().check()
+        one_of(self, "mask_strategy", MASK_STRATEGIES)
+        in_range(self, "mask_guide_ratio", 0, 1)
+        t = self.mask_temperature
+        _need(math.isfinite(t) and t > 0, "mask_temperature", "must be a finite number > 0", t)
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = 8  # volumes per step (x 53 slices for the spatial encoder)
     eval_batch_size: int = 16
@@ -272,7 +296,7 @@ class Config:
     preset: str = "paper"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    pretrain: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=80, lr=1.5e-4, warmup_epochs=10))
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(epochs=80, lr=1.5e-4, warmup_epochs=10))
     finetune: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=20, lr=3e-5, warmup_epochs=0))
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -385,7 +409,7 @@ def preset(name: str) -> Config:
             preset="notebook",
             model=ModelConfig(heads=8, temporal_heads=8, decoder_heads=8),
             data=DataConfig(flip_axis=2),
-            pretrain=OptimConfig(epochs=100, lr=1.5e-3, warmup_epochs=5),
+            pretrain=PretrainConfig(epochs=100, lr=1.5e-3, warmup_epochs=5),
             finetune=OptimConfig(epochs=20, lr=3e-4, schedule="step", step_size=14, gamma=0.1),
         )
     if name == "demo":
@@ -400,7 +424,7 @@ def preset(name: str) -> Config:
             model=ModelConfig(patch=(21, 23), dim=64, depth=1, heads=4, temporal_depth=1, temporal_heads=4,
                               head_hidden=32, dropout=0.0, decoder_dim=32, decoder_depth=1, decoder_heads=2),
             data=DataConfig(synth_train=1920, synth_test=320),
-            pretrain=OptimConfig(epochs=1, lr=1.5e-3, warmup_epochs=0.2),
+            pretrain=PretrainConfig(epochs=1, lr=1.5e-3, warmup_epochs=0.2),
             finetune=OptimConfig(epochs=6, lr=3e-4, warmup_epochs=1.0),
             train=TrainConfig(batch_size=8, compile=False),
         )

@@ -10,7 +10,8 @@ Two methods, each averaged over the explained volumes:
   ("temporal") encoder read from its mean-pooled output (the head averages the slice positions, so each position
   counts 1/T: the slice weights are the mean of the rollout's rows); spread evenly over each patch's pixels. A map
   of a volume sums to 1. `F.scaled_dot_product_attention` does not return its weights: forward hooks on the
-  attention modules recompute softmax(q k^T / sqrt(d)) from their own qkv projection; the forward is unchanged.
+  attention modules recompute softmax(q k^T / sqrt(d)) from their own qkv projection (`Attention.weights`); the
+  forward is unchanged.
 
 Per method: `<method>_abs_mean` (the mean of the absolute map; IG toward the predicted class) and
 `<method>_class<k>` (the signed mean over the explained volumes of class k; IG toward class k: where the model
@@ -32,7 +33,6 @@ import csv
 import gzip
 import io
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -50,7 +50,7 @@ from .config import Config
 from .data import HCPData, grid_affine, load_split
 from .data.batches import DeviceSplit
 from .errors import UserError, run_cli
-from .model import Attention, SpatioTemporalClassifier
+from .model import SpatioTemporalClassifier
 from .precision import Precision
 from .rundir import RunDir
 
@@ -65,20 +65,12 @@ COMPLETENESS = 0.05  # IG: |convergence delta| above this share of the logit gap
 # --- attention rollout -------------------------------------------------------------------------------------------
 
 
-def attention_weights(attn: Attention, x: Tensor) -> Tensor:
-    """softmax(q k^T / sqrt(d)) (B, heads, N, N) fp32 of `attn` on its input x (B, N, C): the weights SDPA applies
-    inside without returning them (SDPA's default scale is 1/sqrt(head dim))."""
-    B, N, C = x.shape
-    q, k, _ = attn.qkv(x).view(B, N, 3, attn.heads, C // attn.heads).permute(2, 0, 3, 1, 4).float().unbind(0)
-    return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(C // attn.heads), dim=-1)
-
-
 @contextlib.contextmanager
 def recorded_attention(blocks):
     """Forward hooks on the attention of `blocks`: yields a list that receives each block's head-averaged weights
     (B, N, N) as the forward runs; the hooks are removed on exit."""
     weights: list[Tensor] = []
-    hooks = [blk.attn.register_forward_hook(lambda m, args, out: weights.append(attention_weights(m, args[0]).mean(1)))
+    hooks = [blk.attn.register_forward_hook(lambda m, args, out: weights.append(m.weights(args[0]).mean(1)))
              for blk in blocks]
     try:
         yield weights

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from types import ModuleType
 
 import torch
@@ -49,13 +50,25 @@ class Attention(nn.Module):
         self.attn_drop = dropout
         self.proj_drop = nn.Dropout(dropout)
 
+    def split_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, N, C) -> q, k, v, each (B, heads, N, C/heads)."""
+        B, N, C = x.shape
+        return self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+
     def forward(self, x: Tensor) -> Tensor:
         B, N, C = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, heads, N, C/heads)
+        q, k, v = self.split_heads(x)  # (B, heads, N, C/heads)
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(x))
+
+    def weights(self, x: Tensor) -> Tensor:
+        """(B, N, C) -> (B, heads, N, N) fp32: softmax(q k^T / sqrt(C/heads)) (SDPA's default scale), row = query.
+        SDPA does not return its weights: this recomputes them from the same projection, apart from the training
+        graph (no dropout), for attention rollout (`stvit.explain`) and guided masking (`stvit.masking`)."""
+        q, k, _ = self.split_heads(x)
+        return torch.softmax(q.float() @ k.float().transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1,
+                             dtype=torch.float32)
 
 
 class Mlp(nn.Sequential):
@@ -153,13 +166,30 @@ class SpatialEncoder(nn.Module):
         w = self.patch_embed.weight.flatten(1)  # (D, ph*pw)
         return self.ops.patch_embed(x, w, self.patch_embed.bias, self.pos_embed[0, 1:], self.cfg.patch)
 
+    def with_cls(self, tokens: Tensor) -> Tensor:
+        """(S, N, D) patch tokens -> (S, 1+N, D): the CLS token (with its position) prepended."""
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1).to(tokens.dtype)
+        return torch.cat([cls, tokens], dim=1)
+
     def forward_tokens(self, tokens: Tensor) -> Tensor:
         """(S, N, D) patch tokens (position already added) -> (S, 1+N, D): CLS prepended, blocks, final norm."""
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1).to(tokens.dtype)
-        h = torch.cat([cls, tokens], dim=1)
+        h = self.with_cls(tokens)
         for blk in self.blocks:
             h = blk(h)
         return self.norm(h)
+
+    def attention_received(self, x: Tensor) -> Tensor:
+        """(S, H, W) slices -> (S, P) fp32: the attention each patch receives from the other tokens of its slice
+        (TARDRL's score: a column of the attention map summed over its queries, CLS and patches, minus the
+        diagonal), averaged over heads and summed over the blocks. Every patch visible, as the classifier sees a
+        slice. A side path for guided masking (`stvit.masking`); the forward above is untouched."""
+        h = self.with_cls(self.embed(x))  # (S, 1+P, D)
+        received = torch.zeros(h.shape[:2], device=h.device)  # (S, 1+P)
+        for blk in self.blocks:
+            a = blk.attn.weights(blk.norm1(h)).mean(1)  # (S, 1+P, 1+P), row = query
+            received += a.sum(1) - a.diagonal(dim1=1, dim2=2)
+            h = blk(h)
+        return received[:, 1:]
 
     def forward(self, x: Tensor) -> Tensor:
         """(S, H, W) slices -> (S, D): the CLS output represents each slice."""

@@ -3,9 +3,9 @@
 A `Stage` says what a stage is: its name, the model it trains, the forward + loss of its step, whether each step
 draws MAE masking noise, whether it is evaluated on the validation split after each epoch, and the checkpoint it
 leaves when it ends. `setup_stage` builds, for any stage, run config and device: the model, its AdamW, the
-GradScaler of the precision, the (compiled) step with the masking noise and the batch augmentations drawn outside
-the graph, the
-data-parallel wrapper under torchrun, and the evaluation function.
+GradScaler of the precision, the (compiled) step with the masking noise (random or attention-guided:
+`stvit.masking`) and the batch augmentations drawn outside the graph, the data-parallel wrapper under torchrun,
+and the evaluation function.
 
 The trainer (`stvit.fit`), the profiler (`stvit.profile`) and the benchmarks (`bench/`) all build their steps
 here, so what they time is what trains: the same graph, the same noise.
@@ -25,12 +25,12 @@ from . import distributed as DIST
 from . import steps
 from .config import Config, ModelConfig, OptimConfig
 from .data.augment import Augment
-from .data.batches import shard_bounds
 from .engine import make_optimizer, param_groups
 from .errors import UserError
+from .masking import MaskNoise, mask_noise
 from .model import MAE, SpatioTemporalClassifier
 from .precision import Precision
-from .rng import Stream, device_generator, stage_seed
+from .rng import stage_seed
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Stage:
     name: str  # "pretrain" or "finetune": the config section, the log's `stage`, the checkpoints' `stage`
     build_model: Callable[[ModelConfig], nn.Module]
     loss: Callable  # steps.mae_loss or steps.classifier_loss: (model, precision, x, noise | y) -> loss [, logits]
-    masks: bool  # each step draws MAE masking noise (`MaskNoise`)
+    masks: bool  # each step draws MAE masking noise (`stvit.masking`)
     evaluates: bool  # after each epoch: validation accuracy, best.pt by it
     checkpoint: str | None  # written when the stage ends (the pre-trained MAE), None: nothing
 
@@ -47,28 +47,6 @@ PRETRAIN = Stage("pretrain", MAE, steps.mae_loss, masks=True, evaluates=False, c
 FINETUNE = Stage("finetune", SpatioTemporalClassifier, steps.classifier_loss, masks=False, evaluates=True,
                  checkpoint=None)
 STAGES = {s.name: s for s in (PRETRAIN, FINETUNE)}
-
-
-class MaskNoise:
-    """The MAE masking noise of each step, drawn outside the compiled graph.
-
-    Each step draws the noise of the whole global batch (B * T slices, P patches) from a device generator seeded
-    by (stage seed, epoch) and keeps this rank's rows: one process and N processes mask every slice alike, and a
-    resumed epoch draws the same masks as an uninterrupted one."""
-
-    def __init__(self, cfg: Config, seed: int, device: torch.device, rank: int = 0, world: int = 1):
-        m, self.batch = cfg.model, cfg.train.batch_size
-        self.T, self.P = m.volume[0], m.num_patches
-        self.seed, self.device = seed, device
-        self.rows = tuple(v * self.T for v in shard_bounds(self.batch, rank, world))  # this rank's slices
-        self.generator: torch.Generator | None = None
-
-    def begin_epoch(self, epoch: int) -> None:
-        self.generator = device_generator(self.seed, epoch, Stream.MASK, self.device)
-
-    def __call__(self) -> Tensor:
-        noise = torch.rand(self.batch * self.T, self.P, generator=self.generator, device=self.device)
-        return noise[self.rows[0]:self.rows[1]]  # (S, P) for this rank's S slices
 
 
 def choose_ops(cfg: Config, device: torch.device, precision: Precision) -> kernels.select.Selection:
@@ -159,14 +137,14 @@ def setup_stage(stage: Stage | str, cfg: Config, device: torch.device, *, precis
     train_fn = steps.build(stage.loss, model, precision, compile=compile, name=f"{stage.name} train step")
     parallel = DIST.data_parallel(train_fn, model)  # train_fn itself in one process
     seed = stage_seed(cfg.train.seed, stage.name)
-    noise = MaskNoise(cfg, seed, device, DIST.rank(), DIST.world_size()) if stage.masks else None
+    noise = mask_noise(cfg, seed, device, model, precision, DIST.rank(), DIST.world_size()) if stage.masks else None
     augment = None  # flips happen as batches are gathered; the other augmentations here, outside the graph
     if set(cfg.augment.ops) - {"flip"}:
         augment = Augment(cfg, seed, device, DIST.rank(), DIST.world_size())
 
     def step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
         x = x if augment is None else augment(x)
-        return (parallel(x, noise()), None) if noise is not None else parallel(x, y)
+        return (parallel(x, noise(x)), None) if noise is not None else parallel(x, y)
 
     eval_fn = None
     if stage.evaluates:

@@ -32,7 +32,7 @@ from . import cli
 from . import data as D
 from . import distributed as DIST
 from . import rng
-from .config import AUGMENTS, KERNELS, PRESETS, Config, show_value
+from .config import AUGMENTS, KERNELS, MASK_STRATEGIES, PRESETS, Config, show_value
 from .engine import NonFiniteLoss
 from .errors import UserError, run_cli
 from .evaluation import evaluate
@@ -123,6 +123,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--precision", choices=PRECISIONS, help=(
         "autocast: auto (bf16 on a GPU of compute capability 8.0+, fp16 with a GradScaler below, fp32 on a CPU), "
         f"fp32, bf16 or fp16; default: {t.precision}"))
+    pre = cfg.pretrain
+    ap.add_argument("--mask-strategy", choices=MASK_STRATEGIES, help=(
+        "how pre-training chooses the patches it removes: random (MAE) or attention (a share of them drawn in "
+        "proportion to the attention each patch receives in the current encoder, the rest at random; see README, "
+        f"Mask strategy); default: {pre.mask_strategy}"))
+    ap.add_argument("--mask-guide-ratio", type=float, metavar="R", help=(
+        "with --mask-strategy attention: the share of each slice's removed patches chosen by attention, in [0, 1]; "
+        f"default: {pre.mask_guide_ratio:g}"))
+    ap.add_argument("--mask-temperature", type=float, metavar="T", help=(
+        "with --mask-strategy attention: a patch is chosen with probability ~ score ** (1/T); lower T follows the "
+        f"attention more closely, higher T is closer to random; default: {pre.mask_temperature:g}"))
     ap.add_argument("--class-names", nargs="+", metavar="NAME", help=(
         f"names of the labels 0, 1, ... in metrics and figures; default: {' '.join(d.class_names)}"))
     ap.add_argument("--flip-axis", type=int, choices=(0, 1, 2), help=(
@@ -158,7 +169,10 @@ FLAGS = {"--data": ("data", "data.path"), "--class-names": ("class_names", "data
          "--kernels": ("kernels", "model.kernels"), "--batch-size": ("batch_size", "train.batch_size"),
          "--seed": ("seed", "train.seed"), "--device": ("device", "train.device"),
          "--compile": ("compile", "train.compile"), "--precision": ("precision", "train.precision"),
-         "--select-on-test": ("select_on_test", "train.select_on_test")}
+         "--select-on-test": ("select_on_test", "train.select_on_test"),
+         "--mask-strategy": ("mask_strategy", "pretrain.mask_strategy"),
+         "--mask-guide-ratio": ("mask_guide_ratio", "pretrain.mask_guide_ratio"),
+         "--mask-temperature": ("mask_temperature", "pretrain.mask_temperature")}
 
 
 def flag_values(args: argparse.Namespace) -> dict[str, Any]:

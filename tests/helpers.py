@@ -34,6 +34,40 @@ def tiny_config(device: str = "cpu", **kw) -> ModelConfig:
     return ModelConfig(**{**base, **kw})
 
 
+def stage_config(compile: bool = False, **pretrain):
+    """The demo preset with the tiny CPU model, batches of 2, fp32 on CPU, for `stages.setup_stage`; `pretrain`:
+    values of the pre-training section (`mask_strategy="attention"`, ...)."""
+    import dataclasses
+
+    from stvit.config import preset
+
+    cfg = preset("demo")
+    cfg.model = tiny_config()
+    cfg.pretrain = dataclasses.replace(cfg.pretrain, **pretrain)
+    cfg.train.batch_size, cfg.train.compile, cfg.train.device, cfg.train.precision = 2, compile, "cpu", "fp32"
+    return cfg
+
+
+def tiny_volumes(n: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """`n` random volumes of `tiny_config`'s shape and alternating labels."""
+    g = np.random.default_rng(0)
+    return g.standard_normal((n, 3, 14, 6)).astype(np.float32), np.arange(n) % 2
+
+
+def run_epoch(setup, X: np.ndarray, y: np.ndarray, steps: int, epoch: int = 0):
+    """`steps` steps of `epoch` of a `stages.setup_stage` setup on (X, y), as `stvit.fit` makes them: EpochStats."""
+    from stvit import engine
+    from stvit.data import DeviceSplit
+
+    cfg = setup.cfg
+    setup.begin_epoch(epoch)
+    batches = DeviceSplit(X, y, setup.device).epoch_batches(
+        cfg.train.batch_size, epoch=epoch, seed=setup.seed, flip_fraction=cfg.data.flip_fraction,
+        flip_axis=cfg.data.flip_axis)
+    return engine.train_one_epoch(setup.step, setup.model, setup.optimizer, setup.scaler, batches, steps,
+                                  setup.optim, epoch, quiet=True)
+
+
 # --- a tiny training run ----------------------------------------------------------------------------------------
 
 VOLUME = SMALL["volume"]
@@ -85,7 +119,7 @@ import stvit.engine as E
 import stvit.train as T
 real = E.train_one_epoch
 def killing(step, model, opt, scaler, batches, steps, cfg, epoch, **kw):
-    if cfg.epochs == {ft} and cfg.lr == {lr} and epoch == 1:  # 2nd fine-tune epoch: die after two steps, mid-epoch
+    if cfg.epochs == {ft} and cfg.lr == {lr} and epoch == 1:  # the stage's 2nd epoch: die after two steps
         def gen(src=batches):
             for i, b in enumerate(src):
                 if i == 2:
@@ -98,9 +132,10 @@ sys.exit(T.run_cli(T.main, sys.argv[1:]))
 """
 
 
-def killer_script(path: Path, finetune: dict) -> Path:
-    """A stvit.train entry point that SIGKILLs its own process in the middle of the 2nd fine-tune epoch."""
-    path.write_text(KILLER.replace("{ft}", repr(finetune["epochs"])).replace("{lr}", repr(finetune["lr"])))
+def killer_script(path: Path, section: dict) -> Path:
+    """A stvit.train entry point that SIGKILLs its own process in the middle of the 2nd epoch of the stage whose
+    config section is `section` (found by its epochs and lr: TINY_RUN["finetune"], TINY_RUN["pretrain"])."""
+    path.write_text(KILLER.replace("{ft}", repr(section["epochs"])).replace("{lr}", repr(section["lr"])))
     return path
 
 

@@ -124,7 +124,7 @@ def test_hooks_recompute_the_attention_sdpa_applies():
     assert len(seen) == model.cfg.depth + model.cfg.temporal_depth
     for module, inp, out in seen:
         B, N, C = inp.shape
-        w = E.attention_weights(module, inp)  # (B, heads, N, N)
+        w = module.weights(inp)  # (B, heads, N, N)
         v = module.qkv(inp).view(B, N, 3, module.heads, C // module.heads).permute(2, 0, 3, 1, 4)[2]
         again = module.proj((w @ v).transpose(1, 2).reshape(B, N, C))
         torch.testing.assert_close(again, out, rtol=1e-5, atol=1e-6)
