@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, preset
+from .config import LEGACY_SECTIONS, STAGES, Config, preset
 from .errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -48,18 +48,30 @@ def read_config_file(path: Path | str) -> dict[str, Any]:
     return values
 
 
+def exact_epochs(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` (config sections) where each stage section that sets `epochs` but not `min_steps` also sets
+    `min_steps` to 0."""
+    out = dict(values)
+    for name in STAGES + tuple(LEGACY_SECTIONS):
+        section = out.get(name)
+        if isinstance(section, dict) and "epochs" in section and "min_steps" not in section:
+            out[name] = {**section, "min_steps": 0}
+    return out
+
+
 def load_config(preset_name: str | None, config_file: str | None, flags: dict[str, dict[str, Any]],
                 device: torch.device) -> Config:
     """Preset (default for the device), then the config file, then `flags` ({section: {key: value}}; None values
-    are left out: an absent flag changes nothing)."""
+    are left out: an absent flag changes nothing). A file or flags that set a stage's `epochs` without its
+    `min_steps` get exactly those epochs (`min_steps` 0): an epoch count a user writes is not stretched."""
     cfg = preset(preset_name or default_preset(device))
     if config_file:
         try:
-            cfg = cfg.override(read_config_file(config_file))
+            cfg = cfg.override(exact_epochs(read_config_file(config_file)))
         except (ValueError, TypeError) as e:
             raise UserError(str(e), config_file) from None
     given = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in flags.items()}
     try:
-        return cfg.override({k: v for k, v in given.items() if v})
+        return cfg.override(exact_epochs({k: v for k, v in given.items() if v}))
     except (ValueError, TypeError) as e:
         raise UserError(str(e)) from None

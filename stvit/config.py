@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +107,23 @@ class OptimConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float | None = None
+    # At least this many optimizer steps in the stage (0: `epochs` as given). A small training split gets more
+    # epochs, so that the recipe does not depend on the data size: see `OptimConfig.for_steps_per_epoch`.
+    min_steps: int = 0
+
+    def for_steps_per_epoch(self, steps_per_epoch: int) -> "OptimConfig":
+        """This section for a training split of `steps_per_epoch` optimizer steps per epoch.
+
+        When `epochs` epochs hold fewer than `min_steps` steps, the stage runs ceil(min_steps / steps_per_epoch)
+        epochs instead, and its warmup (and StepLR's step size) stretch by the same factor: the schedule keeps its
+        shape, counted in steps. A stage of 0 epochs stays off; a section that already holds `min_steps` steps is
+        returned as it is (so applying it twice changes nothing)."""
+        if self.epochs == 0 or self.min_steps <= self.epochs * steps_per_epoch:
+            return self
+        epochs = math.ceil(self.min_steps / max(steps_per_epoch, 1))
+        f = epochs / self.epochs
+        return dataclasses.replace(self, epochs=epochs, warmup_epochs=self.warmup_epochs * f,
+                                   step_size=max(1, round(self.step_size * f)))
 
 
 @dataclass
@@ -119,6 +137,7 @@ class TrainConfig:
     select_on_test: bool = False  # the seed's protocol: picks the epoch on the test set (leaks)
     max_nonfinite_steps: int = 3
     log_every: int = 10
+    baseline: bool = True  # a logistic-regression baseline beside the model in the final evaluation (stvit.baseline)
 
 
 @dataclass
@@ -132,6 +151,12 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def for_training_split(self, n_train: int) -> "Config":
+        """The recipe for a training split of `n_train` volumes: each stage's `min_steps` applied to its steps per
+        epoch (`n_train // batch_size`, the last partial batch is dropped)."""
+        steps = n_train // self.train.batch_size
+        return dataclasses.replace(self, **{s: self.optim(s).for_steps_per_epoch(steps) for s in STAGES})
 
     def optim(self, stage: str) -> "OptimConfig":
         """The optimizer and schedule section of a training stage (`pretrain` or `finetune`)."""
@@ -219,8 +244,8 @@ def preset(name: str) -> Config:
             model=ModelConfig(patch=(21, 23), dim=64, depth=1, heads=4, temporal_depth=1, temporal_heads=4,
                               head_hidden=32, dropout=0.0, decoder_dim=32, decoder_depth=1, decoder_heads=2),
             data=DataConfig(synth_train=1920, synth_test=320),
-            pretrain=OptimConfig(epochs=1, lr=1.5e-3, warmup_epochs=0.2),
-            finetune=OptimConfig(epochs=6, lr=3e-4, warmup_epochs=1.0),
+            pretrain=OptimConfig(epochs=1, lr=1.5e-3, warmup_epochs=0.2, min_steps=216),
+            finetune=OptimConfig(epochs=6, lr=3e-4, warmup_epochs=1.0, min_steps=1296),
             train=TrainConfig(batch_size=8, compile=False),
         )
     raise ValueError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})")

@@ -57,8 +57,11 @@ class RunDir:
     # ---- writes --------------------------------------------------------------------------------------------------
     def write_json(self, name: str, obj: Any) -> None:
         """<name> as indented JSON, atomically."""
+        self.write_text(name, json.dumps(obj, indent=2) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        """<name> as UTF-8 text, atomically."""
         if self.main:
-            text = json.dumps(obj, indent=2) + "\n"
             ckpt.atomic_write_bytes(self.path / name, lambda f: f.write(text.encode()))
 
     def write_arrays(self, name: str, **arrays: np.ndarray) -> None:

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--class-names", nargs="+", help="names of the label values 0, 1, ...")
     ap.add_argument("--flip-axis", type=int, choices=(0, 1, 2))
     ap.add_argument("--nan-to-zero", action="store_true", default=None, help="repair NaN/Inf voxels to 0")
+    ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=None,
+                    help="the logistic-regression baseline beside the model in the final evaluation "
+                         "(stvit.baseline; None: the config's train.baseline, on in every preset)")
     ap.add_argument("--select-on-test", action="store_true", default=None,
                     help="pick the best epoch on the test split (the seed's protocol; leaks)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -80,7 +83,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
         "pretrain": {"epochs": args.pretrain_epochs}, "finetune": {"epochs": args.ft_epochs},
         "model": {"kernels": args.kernels},
         "train": {"batch_size": args.batch_size, "seed": args.seed, "device": args.device, "compile": args.compile,
-                  "precision": args.precision, "select_on_test": args.select_on_test},
+                  "precision": args.precision, "select_on_test": args.select_on_test, "baseline": args.baseline},
     }
     cfg = cli.load_config(args.preset, args.config, flags, cli.resolve_device(args.device))
     for name, v in (("--pretrain-epochs", cfg.pretrain.epochs), ("--ft-epochs", cfg.finetune.epochs)):
@@ -144,17 +147,17 @@ class Plan:
     stage: str
 
 
-def plan_resume(args: argparse.Namespace) -> Plan:
+def plan_resume(args: argparse.Namespace, data: D.HCPData | None = None) -> Plan:
     run = RunDir(args.resume)
     if not (run.path / "config.json").exists() or not run.has("last.pt"):
         raise UserError("not a run directory to resume (needs config.json and checkpoints/last.pt)", run.path)
     resume = run.load("last.pt")
     cfg = Config.from_dict(resume["config"])
-    data = load_data(cfg)
+    data = load_data(cfg) if data is None else data
     return Plan(cfg, run.path, data, {k: v.numpy() for k, v in resume["split"].items()}, resume, args.stage)
 
 
-def plan_new(args: argparse.Namespace) -> Plan:
+def plan_new(args: argparse.Namespace, data: D.HCPData | None = None) -> Plan:
     cfg = resolve_config(args)
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.preset}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     if out.exists() and not out.is_dir():
@@ -167,13 +170,16 @@ def plan_new(args: argparse.Namespace) -> Plan:
             raise UserError("run directory exists and is not empty; choose another --out, or --resume it", out)
         if (out / "config.json").exists():  # later stages of an earlier run keep that run's config
             cfg = Config.from_dict(cli.read_config_file(out / "config.json"))
-    data = load_data(cfg)
-    return Plan(cfg, out, data, make_split(cfg, data), None, args.stage)
+    data = load_data(cfg) if data is None else data
+    split = make_split(cfg, data)
+    # the stages' lengths for this training split (min_steps); a run's own config.json already holds them
+    return Plan(cfg.for_training_split(len(split["train"])), out, data, split, None, args.stage)
 
 
-def plan_run(args: argparse.Namespace) -> Plan:
-    """Read and check everything a user gave (every rank; nothing written)."""
-    plan = plan_resume(args) if args.resume else plan_new(args)
+def plan_run(args: argparse.Namespace, data: D.HCPData | None = None) -> Plan:
+    """Read and check everything a user gave (every rank; nothing written). `data`: train on this data set
+    instead of reading the file the config names (a cross-validation fold, `stvit.cv`)."""
+    plan = plan_resume(args, data) if args.resume else plan_new(args, data)
     check_world(plan.cfg)
     check_split(plan.cfg, plan.split, plan.data)
     return plan
@@ -213,7 +219,7 @@ def run_stages(plan: Plan, run: RunDir, splits: Splits, device, precision: Preci
 
     run.write_figure(draw)
     if stage in ("all", "finetune", "evaluate"):
-        return evaluate(run, cfg, splits, device, precision, plan.data.source)
+        return evaluate(run, cfg, splits, device, precision, plan.data)
     return None
 
 
@@ -230,10 +236,15 @@ def start_run_dir(plan: Plan, run: RunDir) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return in_process_group(_main, build_parser().parse_args(argv))
+
+
+def in_process_group(fn, args: argparse.Namespace) -> int:
+    """`fn(args)` inside the torchrun process group (none without torchrun): a UserError is raised by rank 0
+    (run_cli prints it) and ends every other rank with exit code 2."""
     DIST.init()  # torchrun with WORLD_SIZE > 1: join the process group; otherwise nothing
     try:
-        return _main(args)
+        return fn(args)
     except UserError:
         if DIST.is_main():
             raise  # run_cli prints the one line
@@ -242,15 +253,52 @@ def main(argv: list[str] | None = None) -> int:
         DIST.teardown()
 
 
-def _main(args: argparse.Namespace) -> int:
-    main_rank = DIST.is_main()
-    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")
+def agreed_plan(args: argparse.Namespace, data: D.HCPData | None = None) -> Plan:
+    """`plan_run` on every rank; the first rank's UserError raised on all of them (collective)."""
     error, plan = None, None
     try:
-        plan = plan_run(args)
+        plan = plan_run(args, data)
     except UserError as e:
         error = e
     DIST.agree(error)  # every rank checked the input before rank 0 touches the run directory
+    return plan
+
+
+def _main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO if DIST.is_main() else logging.WARNING, format="%(message)s")
+    plan = agreed_plan(args)
+    say = print if DIST.is_main() else (lambda *a, **k: None)
+    t0 = time.perf_counter()
+    try:
+        m = run_plan(plan, quiet=args.quiet)
+    except NonFiniteLoss as e:
+        last = RunDir(plan.run_dir).checkpoint("last.pt")
+        kept = f"; last good checkpoint: {last}" if last.exists() else ""
+        say(f"error: training stopped: {e}{kept}", file=sys.stderr)
+        return 3
+    if m is not None:
+        say(f"{result_line(m)}; total {time.perf_counter() - t0:.0f} s; {plan.run_dir / 'metrics.json'}")
+    return 0
+
+
+def result_line(m: dict) -> str:
+    """The model's test metrics beside the baseline's, on one line."""
+    def scores(t):
+        auc = "n/a" if t["roc_auc"] is None else f"{t['roc_auc']:.3f}"
+        return f"accuracy {t['accuracy']:.3f}, ROC-AUC {auc}"
+
+    line = (f"test: {scores(m['test'])} on {m['test']['n']} volumes (best epoch {m['best_epoch']} by "
+            f"{m['selected_on']} accuracy; val accuracy {m['val']['accuracy']:.3f})")
+    b = m.get("baseline")
+    if b is not None:
+        line += f" | baseline (logistic regression, C {b['C']:g}): {scores(b)}"
+    return line
+
+
+def run_plan(plan: Plan, quiet: bool = False) -> dict | None:
+    """Carry out a checked plan: the run directory, the stages, the final evaluation; its metrics (None without
+    an evaluation). Raises NonFiniteLoss when training stops on a non-finite loss."""
+    main_rank = DIST.is_main()
     cfg = plan.cfg
     run = RunDir(plan.run_dir)
     start_run_dir(plan, run)
@@ -258,30 +306,19 @@ def _main(args: argparse.Namespace) -> int:
     device = DIST.local_device(cli.resolve_device(cfg.train.device))
     precision = Precision.resolve(cfg.train.precision, device)
     splits = Splits.build(plan.data, plan.split, device, precision.storage_dtype)
-    quiet = args.quiet or not sys.stderr.isatty() or not main_rank
+    quiet = quiet or not sys.stderr.isatty() or not main_rank
     say = print if main_rank else (lambda *a, **k: None)
     world = DIST.world_size()
     procs = f", {world} processes of {cfg.train.batch_size // world} volumes" if world > 1 else ""
     say(f"run directory: {run.path}  (preset {cfg.preset}, device {device}{procs}, precision {precision.name}, "
         f"kernels {cfg.model.kernels}, compile {cfg.train.compile}; data {plan.data.source}: "
-        f"{len(splits.train)} train / {len(splits.val)} val / {len(plan.data.y_test)} test volumes)", flush=True)
-    t0 = time.perf_counter()
+        f"{len(splits.train)} train / {len(splits.val)} val / {len(plan.data.y_test)} test volumes; "
+        f"{cfg.pretrain.epochs} pretrain + {cfg.finetune.epochs} finetune epochs of "
+        f"{len(splits.train) // cfg.train.batch_size} steps)", flush=True)
     try:
-        m = run_stages(plan, run, splits, device, precision, quiet)
-    except NonFiniteLoss as e:
-        last = run.checkpoint("last.pt")
-        kept = f"; last good checkpoint: {last}" if last.exists() else ""
-        say(f"error: training stopped: {e}{kept}", file=sys.stderr)
-        return 3
+        return run_stages(plan, run, splits, device, precision, quiet)
     finally:
         run.close()
-    if m is not None:
-        t = m["test"]
-        auc = "n/a" if t["roc_auc"] is None else f"{t['roc_auc']:.3f}"
-        say(f"test: accuracy {t['accuracy']:.3f}, ROC-AUC {auc} on {t['n']} volumes (best epoch {m['best_epoch']} by "
-            f"{m['selected_on']} accuracy; val accuracy {m['val']['accuracy']:.3f}); total "
-            f"{time.perf_counter() - t0:.0f} s; {run.path / 'metrics.json'}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def losses(run_dir: Path) -> list[tuple]:
 KILLER = """
 import os, signal, sys
 import stvit.engine as E
-import stvit.train as T
+import {module} as T
 real = E.train_one_epoch
 def killing(step, model, opt, scaler, batches, steps, cfg, epoch, **kw):
     if cfg.epochs == {ft} and cfg.lr == {lr} and epoch == 1:  # 2nd fine-tune epoch: die after two steps, mid-epoch
@@ -97,9 +97,11 @@ sys.exit(T.run_cli(T.main, sys.argv[1:]))
 """
 
 
-def killer_script(path: Path, finetune: dict) -> Path:
-    """A stvit.train entry point that SIGKILLs its own process in the middle of the 2nd fine-tune epoch."""
-    path.write_text(KILLER.replace("{ft}", repr(finetune["epochs"])).replace("{lr}", repr(finetune["lr"])))
+def killer_script(path: Path, finetune: dict, module: str = "stvit.train") -> Path:
+    """An entry point of `module` (stvit.train, stvit.cv) that SIGKILLs its own process in the middle of the
+    first 2nd fine-tune epoch it runs."""
+    path.write_text(KILLER.replace("{ft}", repr(finetune["epochs"])).replace("{lr}", repr(finetune["lr"]))
+                    .replace("{module}", module))
     return path
 
 
