@@ -7,8 +7,8 @@ baseline on the same split), one fixed test split of new subjects.
 
 A size is `N` (the first N / 16 subjects of the synthetic training split, 16 volumes each) or `NxS` (N volumes
 from S subjects: the first N / S / 2 volumes of each class of each of the first S subjects). The data is
-`make_synthetic(max size, --n-test, --data-seed)` generated once in memory (the set the default command caches,
-for 1,920 / 320 / seed 0), so every size is scored on the same test volumes. Writes OUT/runs.jsonl (one line per
+`make_synthetic(--n-pool, --n-test, --data-seed)` generated once in memory (by default 1,920 / 320 / seed 0: the
+set the default command caches), so every size is scored on the same test volumes. Writes OUT/runs.jsonl (one line per
 run: accuracies, chosen C, epochs, wall seconds, load average) and prints the table of the report.
 """
 from __future__ import annotations
@@ -91,13 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", nargs="+", default=["240", "480", "960", "1920"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--n-test", type=int, default=320)
+    ap.add_argument("--n-pool", type=int, default=1920, help="training volumes generated (the sizes are subsets)")
     ap.add_argument("--data-seed", type=int, default=0)
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = [parse_size(s) for s in args.sizes]
     t0 = time.perf_counter()
-    full = make_synthetic(max(n * VOLUMES_PER_SUBJECT // s for n, s in sizes), args.n_test, args.data_seed)
+    # the test split of make_synthetic depends on n_train (its subjects are numbered after the training ones):
+    # one generated set of --n-pool training volumes keeps the test volumes the same at every size
+    full = make_synthetic(max([args.n_pool] + [s * VOLUMES_PER_SUBJECT for _, s in sizes]), args.n_test,
+                          args.data_seed)
     print(f"data: {time.perf_counter() - t0:.0f} s; train flags: {' '.join(flags) or '(none)'}", flush=True)
     rows = []
     for n, subjects in sizes:
