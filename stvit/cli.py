@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, ConfigError, preset
+from .config import LEGACY_SECTIONS, STAGES, Config, ConfigError, preset
 from .errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -80,18 +80,30 @@ def nested(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def exact_epochs(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` (config sections) where each stage section that sets `epochs` but not `min_steps` also sets
+    `min_steps` to 0: an epoch count a user writes is not stretched."""
+    out = dict(values)
+    for name in STAGES + tuple(LEGACY_SECTIONS):
+        section = out.get(name)
+        if isinstance(section, dict) and "epochs" in section and "min_steps" not in section:
+            out[name] = {**section, "min_steps": 0}
+    return out
+
+
 def load_config(preset_name: str | None, config_file: str | None, values: dict[str, Any], device: torch.device,
                 flag_names: dict[str, str] | None = None) -> Config:
     """Preset (default for the device), then the config file, then `values` ({"section.key": value}, from the
-    flags). A bad value is a UserError naming the file and the key, or the flag (`flag_names`: key -> flag)."""
+    flags). A bad value is a UserError naming the file and the key, or the flag (`flag_names`: key -> flag). A file
+    or flags that set a stage's `epochs` without its `min_steps` get exactly those epochs (`min_steps` 0)."""
     cfg = preset(preset_name or default_preset(device))
     if config_file:
         try:
-            cfg = cfg.override(read_config_file(config_file))
+            cfg = cfg.override(exact_epochs(read_config_file(config_file)))
         except ValueError as e:
             raise UserError(str(e), config_file) from None
     try:
-        return cfg.override(nested(values))
+        return cfg.override(exact_epochs(nested(values)))
     except ConfigError as e:
         flag = (flag_names or {}).get(e.key)
         raise UserError(f"{flag} {e.problem}" if flag else str(e)) from None

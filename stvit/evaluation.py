@@ -1,8 +1,10 @@
 """The one evaluation of the test split, with the checkpoint chosen during fine-tuning (`best.pt`).
 
 Writes predictions.npz (the probabilities behind every number), metrics.json (scikit-learn's counts: accuracy,
-ROC-AUC, confusion matrix, per-class precision/recall/F1, for test and validation) and the confusion matrix
-figure. The test split is read here and nowhere else (unless `--select-on-test`, which says it leaks).
+ROC-AUC, confusion matrix, per-class precision/recall/F1, for test and validation; and the same for the linear
+baseline of `stvit.baseline`, fitted here on the same training split, unless `train.baseline` is off) and the
+confusion matrix figure. The test split is read here and nowhere else (unless `--select-on-test`, which says it
+leaks). Under torchrun every rank predicts its shards; rank 0 alone fits the baseline and writes.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 
 from . import steps
 from .config import Config
+from .data import HCPData
 from .errors import UserError
 from .fit import LEAK_WARNING, Splits, predict_split
 from .model import SpatioTemporalClassifier
@@ -21,9 +24,9 @@ from .stages import choose_ops
 
 
 def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, precision: Precision,
-             source: str) -> dict[str, Any]:
-    """Metrics of the best checkpoint on the test and validation splits (`source`: the data file); writes them
-    (rank 0)."""
+             data: HCPData) -> dict[str, Any]:
+    """Metrics of the best checkpoint on the test and validation splits of `data`, and of the baseline; writes
+    them (rank 0)."""
     if not run.has("best.pt"):
         raise UserError("no checkpoints/best.pt to evaluate (run the finetune stage first)", run.path)
     best = run.load("best.pt")
@@ -42,13 +45,18 @@ def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, pre
         "best_epoch": int(best["epoch"]),
         "selected_on": best.get("selected_on", "val"),
         "class_names": names,
-        "data": source,
+        "data": data.source,
         "kernels": ops.to_json(),
     }
     if metrics["selected_on"] == "test":
         metrics["warning"] = LEAK_WARNING
+    arrays = {}
+    if cfg.train.baseline and run.main:
+        from .baseline import baseline_metrics  # scikit-learn, only when the baseline is fitted
+
+        metrics["baseline"], arrays["baseline_test_probs"] = baseline_metrics(data, splits.index, names)
     run.write_arrays("predictions.npz", test_probs=probs, test_labels=y, test_index=idx, val_probs=v_probs,
-                     val_labels=v_y, val_index=splits.index["val"])
+                     val_labels=v_y, val_index=splits.index["val"], **arrays)
     run.write_json("metrics.json", metrics)
 
     def draw(folder):

@@ -57,3 +57,21 @@ def plot_confusion(cm: Sequence[Sequence[int]], class_names: Sequence[str], path
             ax.text(j, i, str(cm[i][j]), ha="center", va="center", color="white" if cm[i][j] > peak / 2 else "black")
     _save(fig, path)
     return path
+
+
+def plot_cv_accuracy(model: Sequence[float], baseline: Sequence[float] | None, path: Path, title: str) -> Path:
+    """Per-fold test accuracy of the model (and the baseline) as paired bars, each mean as a dashed line."""
+    k = len(model)
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.8 * k + 2), 3.5))
+    width = 0.4 if baseline is not None else 0.6
+    series = [("model", model, "C0")] + ([("baseline", baseline, "C1")] if baseline is not None else [])
+    for i, (name, values, color) in enumerate(series):
+        x = [f + 1 + (i - (len(series) - 1) / 2) * width for f in range(k)]
+        ax.bar(x, values, width, color=color, label=f"{name} (mean {sum(values) / k:.3f})")
+        ax.axhline(sum(values) / k, color=color, linestyle="--", linewidth=1)
+    ax.set_xticks(range(1, k + 1))
+    low = min(min(model), min(baseline) if baseline is not None else 1.0)
+    ax.set(xlabel="fold", ylabel="test accuracy", title=title, ylim=(max(0.0, low - 0.1), 1.12))
+    ax.legend(loc="upper center", ncol=2, fontsize=8)
+    _save(fig, path)
+    return path

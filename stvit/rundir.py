@@ -107,8 +107,11 @@ class RunDir:
     # ---- writes --------------------------------------------------------------------------------------------------
     def write_json(self, name: str, obj: Any) -> None:
         """<name> as indented JSON, atomically."""
+        self.write_text(name, json.dumps(obj, indent=2) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        """<name> as UTF-8 text, atomically."""
         if self.main:
-            text = json.dumps(obj, indent=2) + "\n"
             with writing(self.path / name):
                 ckpt.atomic_write_bytes(self.path / name, lambda f: f.write(text.encode()))
 
@@ -174,8 +177,9 @@ class RunDir:
                 if isinstance(v, (int, float)) and k != "epoch":
                     tb.add_scalar(f"{record['stage']}/{k}", v, record["epoch"])
         if self.echo:
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
-                  flush=True)
+            # a nested value (the kernels' report) is in log.jsonl and the run-directory line, not on the console
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+                           if not isinstance(v, dict)), flush=True)
 
     def truncate_log(self, stage: str, epoch: int) -> None:
         """Drop the lines logged after the checkpoint a run resumes from (an epoch logged, then killed before its

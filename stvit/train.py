@@ -149,6 +149,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--select-on-test", action="store_true", default=None, help=(
         "pick the best epoch on the TEST split (the seed notebook's protocol); the result leaks and is marked so; "
         "default: the validation split"))
+    ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=None, help=(
+        "a logistic-regression baseline on the in-brain voxels of the same training split, fitted and tested beside "
+        f"the model in the final evaluation (stvit.baseline); default: {_on(t.baseline)}"))
     ap.add_argument("--explain", action="store_true", help=(
         "after the final evaluation, write brain maps of the test split to RUN/maps (python -m stvit.explain with "
         "its defaults; needs pip install 'stvit[maps]'); default: off"))
@@ -169,7 +172,7 @@ FLAGS = {"--data": ("data", "data.path"), "--class-names": ("class_names", "data
          "--kernels": ("kernels", "model.kernels"), "--batch-size": ("batch_size", "train.batch_size"),
          "--seed": ("seed", "train.seed"), "--device": ("device", "train.device"),
          "--compile": ("compile", "train.compile"), "--precision": ("precision", "train.precision"),
-         "--select-on-test": ("select_on_test", "train.select_on_test"),
+         "--select-on-test": ("select_on_test", "train.select_on_test"), "--baseline": ("baseline", "train.baseline"),
          "--mask-strategy": ("mask_strategy", "pretrain.mask_strategy"),
          "--mask-guide-ratio": ("mask_guide_ratio", "pretrain.mask_guide_ratio"),
          "--mask-temperature": ("mask_temperature", "pretrain.mask_temperature")}
@@ -247,7 +250,8 @@ class Plan:
     fingerprint: tuple  # the run directory's state when planned (`RunDir.fingerprint`)
 
 
-FREE = ("train.device", "train.compile", "train.log_every")  # how a run computes, not what it is
+# how a run computes, not what it is (a stage's min_steps is already spent in its epochs, see `plan_new`)
+FREE = ("train.device", "train.compile", "train.log_every", "pretrain.min_steps", "finetune.min_steps")
 LENGTHS = {"pretrain.epochs": "pretrain", "finetune.epochs": "finetune"}  # a resumed run may get longer
 
 
@@ -274,7 +278,7 @@ def requested(args: argparse.Namespace, cfg: Config, where: Path) -> tuple[Confi
     for key, v in given.items():
         said[key], by[key] = v, flag_of[key]
     try:
-        wanted = cfg.override(cli.nested(said)) if said else cfg
+        wanted = cfg.override(cli.exact_epochs(cli.nested(said))) if said else cfg
     except ValueError as e:
         raise UserError(str(e), args.config or where) from None
     old, new = flatten(cfg.to_dict()), flatten(wanted.to_dict())
@@ -299,7 +303,7 @@ def allow(changes: dict[str, tuple[Any, Any, str]], where: Path, *, may_change=(
     return notes
 
 
-def plan_resume(args: argparse.Namespace) -> Plan:
+def plan_resume(args: argparse.Namespace, data: D.HCPData | None = None) -> Plan:
     run = RunDir(args.resume)
     if not (run.path / "config.json").exists() or not run.has("last.pt"):
         raise UserError("not a run directory to resume (needs config.json and checkpoints/last.pt)", run.path)
@@ -308,12 +312,12 @@ def plan_resume(args: argparse.Namespace) -> Plan:
     cfg, changes = requested(args, cfg, run.path)
     stage_left = [s for s in LENGTHS.values() if STAGE_ORDER[s] >= STAGE_ORDER[resume["stage"]]]
     notes = allow(changes, run.path, may_lengthen=[k for k, s in LENGTHS.items() if s in stage_left])
-    data = load_data(cfg)
+    data = load_data(cfg) if data is None else data
     split = {k: v.numpy() for k, v in resume["split"].items()}
     return Plan(cfg, run.path, data, split, resume, args.stage, notes, run.fingerprint())
 
 
-def plan_new(args: argparse.Namespace) -> Plan:
+def plan_new(args: argparse.Namespace, data: D.HCPData | None = None) -> Plan:
     cfg = resolve_config(args)
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.preset}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     cli.check_writable(out, "directory")
@@ -333,14 +337,19 @@ def plan_new(args: argparse.Namespace) -> Plan:
                 raise UserError(str(e), out / "config.json") from None
             cfg, changes = requested(args, earlier, out)
             notes = allow(changes, out, may_change=may_change)
-    data = load_data(cfg)
-    return Plan(cfg, out, data, make_split(cfg, data), None, args.stage, notes, run.fingerprint())
+    data = load_data(cfg) if data is None else data
+    split = make_split(cfg, data)
+    if not notes and not (out / "config.json").exists():
+        # the stages' lengths for this training split (min_steps); an earlier run's config.json already holds them
+        cfg = cfg.for_training_split(len(split["train"]))
+    return Plan(cfg, out, data, split, None, args.stage, notes, run.fingerprint())
 
 
-def plan_run(args: argparse.Namespace) -> Plan:
+def plan_run(args: argparse.Namespace, data: D.HCPData | None = None) -> Plan:
     """Read and check everything a user gave (every rank; nothing written), and choose the ops (on a GPU, the
-    kernels' self-check runs here: in `fused` mode a failure stops the run before anything is written)."""
-    plan = plan_resume(args) if args.resume else plan_new(args)
+    kernels' self-check runs here: in `fused` mode a failure stops the run before anything is written). `data`:
+    train on this data set instead of reading the file the config names (a cross-validation fold, `stvit.cv`)."""
+    plan = plan_resume(args, data) if args.resume else plan_new(args, data)
     if args.explain:
         from . import explain
 
@@ -397,7 +406,7 @@ def run_stages(plan: Plan, run: RunDir, splits: Splits, device, precision: Preci
 
     run.write_figure(draw)
     if stage in ("all", "finetune", "evaluate"):
-        return evaluate(run, cfg, splits, device, precision, plan.data.source)
+        return evaluate(run, cfg, splits, device, precision, plan.data)
     return None
 
 
@@ -431,10 +440,15 @@ def start_run_dir(plan: Plan, run: RunDir) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser(argv).parse_args(argv)
+    return in_process_group(_main, build_parser(argv).parse_args(argv))
+
+
+def in_process_group(fn, args: argparse.Namespace) -> int:
+    """`fn(args)` inside the torchrun process group (none without torchrun): a UserError is raised by rank 0
+    (run_cli prints it) and ends every other rank with exit code 2."""
     DIST.init()  # torchrun with WORLD_SIZE > 1: join the process group; otherwise nothing
     try:
-        return _main(args)
+        return fn(args)
     except UserError:
         if DIST.is_main():
             raise  # run_cli prints the one line
@@ -443,29 +457,29 @@ def main(argv: list[str] | None = None) -> int:
         DIST.teardown()
 
 
-def _main(args: argparse.Namespace) -> int:
-    main_rank = DIST.is_main()
-    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")
+def agreed_plan(args: argparse.Namespace, data: D.HCPData | None = None) -> tuple[Plan, RunDir]:
+    """`plan_run` on every rank, and the run directory claimed (rank 0 holds its lock); the first rank's UserError
+    raised on all of them (collective). `data`: see `plan_run`."""
     error, plan, run = None, None, None
     try:
-        plan = plan_run(args)
-        run = RunDir(plan.run_dir, echo=main_rank)
+        plan = plan_run(args, data)
+        run = RunDir(plan.run_dir, echo=DIST.is_main())
         claim(plan, run)
     except UserError as e:
         error = e
     DIST.agree(error)  # every rank checked the input (rank 0 holds the lock) before rank 0 writes anything
-    try:
-        return _run(args, plan, run)
-    finally:
-        run.close()
+    return plan, run
 
 
-def _run(args: argparse.Namespace, plan: Plan, run: RunDir) -> int:
-    """The run, after every check: exit code 0, 3 (a non-finite loss stopped it) or 4 (a write failed)."""
+def _main(args: argparse.Namespace) -> int:
+    """The command: exit code 0, 3 (a non-finite loss stopped the run) or 4 (a write failed)."""
+    logging.basicConfig(level=logging.INFO if DIST.is_main() else logging.WARNING, format="%(message)s")
+    plan, run = agreed_plan(args)
     say = print if run.main else (lambda *a, **k: None)
+    quiet = args.quiet or not sys.stderr.isatty() or not run.main
+    t0 = time.perf_counter()
     try:
-        start_run_dir(plan, run)
-        return _train(args, plan, run, say)
+        m = run_plan(plan, run, quiet)
     except NonFiniteLoss as e:
         last = run.checkpoint("last.pt")
         kept = f"; last good checkpoint: {last}" if last.exists() else ""
@@ -477,37 +491,57 @@ def _run(args: argparse.Namespace, plan: Plan, run: RunDir) -> int:
                 f"python -m stvit.train --resume {run.path}") if last.is_file() else "no checkpoint was written yet"
         say(f"error: {e}; {then}", file=sys.stderr)
         return 4
+    if m is None:
+        return 0
+    say(f"{result_line(m)}; total {time.perf_counter() - t0:.0f} s; {run.path / 'metrics.json'}")
+    if args.explain and run.main:
+        from . import explain
+
+        device = DIST.local_device(cli.resolve_device(plan.cfg.train.device))
+        return explain.main([str(run.path), "--device", device.type, *(["--quiet"] if quiet else [])],
+                            data=plan.data)
+    return 0
 
 
-def _train(args: argparse.Namespace, plan: Plan, run: RunDir, say) -> int:
-    cfg = plan.cfg
-    rng.seed_everything(DIST.rank_seed(cfg.train.seed, DIST.rank()))
-    device = DIST.local_device(cli.resolve_device(cfg.train.device))
-    precision = Precision.resolve(cfg.train.precision, device)
-    splits = Splits.build(plan.data, plan.split, device, precision.storage_dtype)
-    quiet = args.quiet or not sys.stderr.isatty() or not run.main
-    world = DIST.world_size()
-    procs = f", {world} processes of {cfg.train.batch_size // world} volumes" if world > 1 else ""
-    ops = choose_ops(cfg, device, precision)
-    fused = ", ".join(ops.fused) or "none"
-    say(f"run directory: {run.path}  (preset {cfg.preset}, device {device}{procs}, precision {precision.name}, "
-        f"kernels {cfg.model.kernels} (fused: {fused}), compile {cfg.train.compile}; data {plan.data.source}: "
-        f"{len(splits.train)} train / {len(splits.val)} val / {len(plan.data.y_test)} test volumes)", flush=True)
-    t0 = time.perf_counter()
-    m = run_stages(plan, run, splits, device, precision, quiet)
-    if m is not None:
-        t = m["test"]
+def result_line(m: dict) -> str:
+    """The model's test metrics beside the baseline's, on one line."""
+    def scores(t):
         auc = "n/a" if t["roc_auc"] is None else f"{t['roc_auc']:.3f}"
         lost = f", {t['n_nonfinite']} without a finite prediction" if t.get("n_nonfinite") else ""
-        say(f"test: accuracy {t['accuracy']:.3f}, ROC-AUC {auc} on {t['n']} volumes{lost} (best epoch "
-            f"{m['best_epoch']} by {m['selected_on']} accuracy; val accuracy {m['val']['accuracy']:.3f}); total "
-            f"{time.perf_counter() - t0:.0f} s; {run.path / 'metrics.json'}")
-        if args.explain and run.main:
-            from . import explain
+        return f"accuracy {t['accuracy']:.3f}, ROC-AUC {auc}{lost}"
 
-            return explain.main([str(run.path), "--device", device.type, *(["--quiet"] if quiet else [])],
-                                data=plan.data)
-    return 0
+    line = (f"test: {scores(m['test'])} on {m['test']['n']} volumes (best epoch {m['best_epoch']} by "
+            f"{m['selected_on']} accuracy; val accuracy {m['val']['accuracy']:.3f})")
+    b = m.get("baseline")
+    if b is not None:
+        line += f" | baseline (logistic regression, C {b['C']:g}): {scores(b)}"
+    return line
+
+
+def run_plan(plan: Plan, run: RunDir, quiet: bool = False) -> dict | None:
+    """Carry out a checked and claimed plan (`agreed_plan`): the run directory, the stages, the final evaluation;
+    its metrics (None without an evaluation). Releases the run directory. Raises NonFiniteLoss when training stops
+    on a non-finite loss, WriteError when a file cannot be written."""
+    try:
+        start_run_dir(plan, run)
+        cfg = plan.cfg
+        rng.seed_everything(DIST.rank_seed(cfg.train.seed, DIST.rank()))
+        device = DIST.local_device(cli.resolve_device(cfg.train.device))
+        precision = Precision.resolve(cfg.train.precision, device)
+        splits = Splits.build(plan.data, plan.split, device, precision.storage_dtype)
+        world = DIST.world_size()
+        procs = f", {world} processes of {cfg.train.batch_size // world} volumes" if world > 1 else ""
+        fused = ", ".join(choose_ops(cfg, device, precision).fused) or "none"
+        steps = len(splits.train) // cfg.train.batch_size
+        say = print if run.main else (lambda *a, **k: None)
+        say(f"run directory: {run.path}  (preset {cfg.preset}, device {device}{procs}, precision "
+                f"{precision.name}, kernels {cfg.model.kernels} (fused: {fused}), compile {cfg.train.compile}; data "
+                f"{plan.data.source}: {len(splits.train)} train / {len(splits.val)} val / {len(plan.data.y_test)} "
+                f"test volumes; {cfg.pretrain.epochs} pretrain + {cfg.finetune.epochs} finetune epochs of {steps} "
+                "steps)", flush=True)
+        return run_stages(plan, run, splits, device, precision, quiet or not run.main)
+    finally:
+        run.close()
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ HEARTBEAT_S, GRACE_S = 10, 30  # a running trial's heartbeat; the silence after 
 SAMPLER_KEYS = ("n_startup_trials", "multivariate", "constant_liar")
 PRUNER_KEYS = ("n_startup_trials", "n_warmup_steps", "interval_steps")
 RANGE_KEYS = ("low", "high", "log", "step", "times")
+FOLD_STEPS = 100_000  # the pruner's step of fold k, epoch e: k * FOLD_STEPS + e - 1 (no fold has that many epochs)
 INSTALL = "the search needs Optuna: pip install 'stvit[tune]' (or pip install optuna)"
 
 
@@ -342,7 +343,6 @@ class Objective:
         self.device = cli.resolve_device(search.base.train.device)
         dtype = Precision.resolve(search.base.train.precision, self.device).storage_dtype
         self.train = DeviceSplit(search.data.X_train, search.data.y_train, self.device, dtype)  # once, all folds
-        self.epochs = int(search.space.largest("finetune.epochs", search.base))  # pruning step = fold * this + epoch
 
     def __call__(self, trial) -> float:
         values = {p.key: p.suggest(trial) for p in self.search.space.params}
@@ -372,9 +372,10 @@ class Objective:
         if run.path.exists():  # a trial number is never reused: only a fold cut short before its first epoch
             shutil.rmtree(run.path)
         run.path.mkdir(parents=True)
-        run.write_json("config.json", cfg.to_dict())
         folds = self.search.folds
         index = {"train": np.flatnonzero(folds != k), "val": np.flatnonzero(folds == k)}
+        cfg = cfg.for_training_split(len(index["train"]))  # the stages' lengths, as a run on this split gets them
+        run.write_json("config.json", cfg.to_dict())
         precision = Precision.resolve(cfg.train.precision, self.device)
         parts = {s: DeviceSplit(self.train.X, self.train.y, self.device, precision.storage_dtype, index=index[s])
                  for s in index}
@@ -386,7 +387,7 @@ class Objective:
             if record["stage"] != "finetune":
                 return
             best = max(best, record["val_acc"])
-            trial.report(record["val_acc"], k * self.epochs + record["epoch"] - 1)
+            trial.report(record["val_acc"], k * FOLD_STEPS + record["epoch"] - 1)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"fold {k + 1}, epoch {record['epoch']}: validation accuracy "
                                          f"{record['val_acc']:.3f}, under the median")

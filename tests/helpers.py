@@ -116,7 +116,7 @@ def losses(run_dir: Path) -> list[tuple]:
 KILLER = """
 import os, signal, sys
 import stvit.engine as E
-import stvit.train as T
+import {module} as T
 real = E.train_one_epoch
 def killing(step, model, opt, scaler, batches, steps, cfg, epoch, **kw):
     if cfg.epochs == {ft} and cfg.lr == {lr} and epoch == 1:  # the stage's 2nd epoch: die after two steps
@@ -132,10 +132,12 @@ sys.exit(T.run_cli(T.main, sys.argv[1:]))
 """
 
 
-def killer_script(path: Path, section: dict) -> Path:
-    """A stvit.train entry point that SIGKILLs its own process in the middle of the 2nd epoch of the stage whose
-    config section is `section` (found by its epochs and lr: TINY_RUN["finetune"], TINY_RUN["pretrain"])."""
-    path.write_text(KILLER.replace("{ft}", repr(section["epochs"])).replace("{lr}", repr(section["lr"])))
+def killer_script(path: Path, section: dict, module: str = "stvit.train") -> Path:
+    """An entry point of `module` (stvit.train, stvit.cv) that SIGKILLs its own process in the middle of the first
+    2nd epoch it runs of the stage whose config section is `section` (found by its epochs and lr:
+    TINY_RUN["finetune"], TINY_RUN["pretrain"])."""
+    path.write_text(KILLER.replace("{ft}", repr(section["epochs"])).replace("{lr}", repr(section["lr"]))
+                    .replace("{module}", module))
     return path
 
 
