@@ -446,13 +446,12 @@ def preset(name: str) -> Config:
         # Sized for any data set, not only the built-in one (bench/results/2026-11-29-cpu-demo-recipe.md): each stage
         # runs at least the optimizer steps it runs on the 1,920-volume set (min_steps: 216 pre-training, 1,296
         # fine-tuning; a smaller training split gets more epochs, its warmup stretched with them), so 240 volumes
-        # are not left ~150 steps in; and dropout 0.1, which a small split needs once it gets those steps (it
-        # memorizes 224 volumes in ~10 epochs without it). On the synthetic set from 240 to 1,920 training
-        # volumes this stays within 3 points of the logistic-regression baseline of the same split (3 seeds).
+        # are not left ~150 steps in. No dropout: 0.1 helped 240 and 480 volumes by 1-4 points but cost the
+        # 1,920-volume set 4-6 points of test accuracy at 1,296 and at 2,592 fine-tune steps (same report).
         return Config(
             preset="demo",
             model=ModelConfig(patch=(21, 23), dim=64, depth=1, heads=4, temporal_depth=1, temporal_heads=4,
-                              head_hidden=32, dropout=0.1, decoder_dim=32, decoder_depth=1, decoder_heads=2),
+                              head_hidden=32, dropout=0.0, decoder_dim=32, decoder_depth=1, decoder_heads=2),
             data=DataConfig(synth_train=1920, synth_test=320),
             pretrain=PretrainConfig(epochs=1, lr=1.5e-3, warmup_epochs=0.2, min_steps=216),
             finetune=OptimConfig(epochs=6, lr=3e-4, warmup_epochs=1.0, min_steps=1296),

@@ -35,6 +35,7 @@ import json
 import logging
 import shutil
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -54,17 +55,31 @@ FOLDS_FILE = "folds.json"
 METRICS = ("accuracy", "roc_auc")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The flags of `stvit.train` (the recipe of every fold) and the cross-validation's own."""
-    ap = argparse.ArgumentParser(prog="python -m stvit.cv", description=__doc__.split("\n\n")[0],
-                                 parents=[T.build_parser()], add_help=False, conflict_handler="resolve",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--folds", type=int, default=5, help="number of folds K (at most the number of subjects)")
-    ap.add_argument("--within-train", action="store_true",
-                    help="folds over the file's training split only (default: train and test pooled)")
-    ap.add_argument("--out", help="cross-validation directory (default: runs/cv-<preset>-<time>)")
-    ap.add_argument("--resume", metavar="DIR", help="continue the cross-validation in DIR (its unfinished folds)")
+EPILOG = """examples:
+  python -m stvit.cv --data HCP_emotion_4D_sample.mat --folds 5 --out runs/cv5     train and test pooled, 5 folds
+  python -m stvit.cv --data FILE --within-train --preset demo --no-baseline      folds of the training split only
+  python -m stvit.cv --resume runs/cv5                                            finish the unfinished folds
+
+exit codes: 0 done; 2 bad input (one 'error:' line, nothing written); 3 a non-finite loss stopped a fold;
+4 a file could not be written (disk full): continue with --resume."""
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The flags of `stvit.train` (the recipe of every fold; their defaults as `stvit.train --help` gives them for
+    the preset and device of `argv`) and the cross-validation's own."""
+    ap = argparse.ArgumentParser(prog="python -m stvit.cv", description=textwrap.fill(__doc__.split("\n\n")[0].replace("\n", " "), 100),
+                                 parents=[T.build_parser(argv)], add_help=False, conflict_handler="resolve",
+                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--folds", type=int, default=5, help=(
+        "number of folds K, at least 2 and at most the number of subjects; default: 5"))
+    ap.add_argument("--within-train", action="store_true", help=(
+        "cut the folds from the file's training split only; default: its train and test splits pooled"))
+    ap.add_argument("--out", metavar="DIR", help=(
+        "the new cross-validation directory (absent or empty); default: runs/cv-<preset>-<date>-<time>"))
+    ap.add_argument("--resume", metavar="DIR", help=(
+        "continue the cross-validation in DIR: its finished folds are read, the others run or continue"))
     ap.add_argument("--stage", default="all", choices=("all",), help=argparse.SUPPRESS)  # every fold runs all
+    ap.add_argument("--explain", action="store_true", help=argparse.SUPPRESS)  # maps: stvit.explain on a fold
     return ap
 
 
@@ -308,7 +323,7 @@ def write_summary(plan: Plan, run: RunDir, cv: dict[str, Any]) -> None:
 # --- command line ------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     return T.in_process_group(lambda args: _main(args, parser), parser.parse_args(argv))
 
 
@@ -318,7 +333,7 @@ def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         plan = plan_cv(args, parser)
         run = RunDir(plan.out)
-        claim(plan, run)
+        T.claim(plan, run)  # the same lock and check as a run's
     except UserError as e:
         error = e
     DIST.agree(error)  # rank 0 holds the directory's lock before anything is written
@@ -344,17 +359,6 @@ def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     say(summary_line(cv, plan.out))
     return 0
 
-
-def claim(plan: Plan, run: RunDir) -> None:
-    """Lock the cross-validation directory (rank 0) and check it is as planned (another process may have started
-    there between the plan and the lock)."""
-    if not run.main:
-        return
-    run.lock()
-    if run.fingerprint() != plan.fingerprint:
-        run.close()
-        raise UserError("the directory changed while this cross-validation was starting (another stvit "
-                        "process?); nothing was written", run.path)
 
 
 if __name__ == "__main__":

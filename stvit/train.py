@@ -410,9 +410,10 @@ def run_stages(plan: Plan, run: RunDir, splits: Splits, device, precision: Preci
     return None
 
 
-def claim(plan: Plan, run: RunDir) -> None:
-    """Lock the run directory (rank 0) and check it is still as planned: another process may have started a run
-    there, or finished one, between the plan and the lock."""
+def claim(plan, run: RunDir) -> None:
+    """Lock the run directory (rank 0) and check it is still as `plan.fingerprint` says (a run's Plan, or a
+    cross-validation's): another process may have started a run there, or finished one, between the plan and the
+    lock."""
     if not run.main:
         return
     run.lock()

@@ -6,7 +6,8 @@ import importlib
 
 import pytest
 
-COMMANDS = ["stvit.train", "stvit.profile", "stvit.data.__main__", "stvit.export", "stvit.model", "stvit.tune"]
+COMMANDS = ["stvit.train", "stvit.profile", "stvit.data.__main__", "stvit.export", "stvit.model", "stvit.tune",
+            "stvit.cv"]
 
 
 def parsers(module: str) -> list[argparse.ArgumentParser]:
@@ -21,7 +22,7 @@ def parsers(module: str) -> list[argparse.ArgumentParser]:
 def test_every_flag_says_what_it_does(module):
     for p in parsers(module):
         for action in p._actions:
-            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) or action.help == argparse.SUPPRESS:
                 continue
             name = "/".join(action.option_strings) or action.dest
             assert action.help and len(action.help) > 15, f"{p.prog} {name}: no sentence"

@@ -122,10 +122,17 @@ def test_a_fold_stops_when_the_pruner_says_so(files, tmp_path):
     trial.should_prune = lambda: True
     with pytest.raises(optuna.TrialPruned, match="fold 2, epoch 1"):
         objective.fold(trial, search.base, 1)
-    assert [s for s, _ in reports] == [search.base.finetune.epochs]  # step = fold * epochs + epoch
+    assert [s for s, _ in reports] == [TU.FOLD_STEPS]  # step = fold * FOLD_STEPS + epoch - 1
     log = (tmp_path / "t" / "trials" / "0" / "fold-2" / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["stage"] for line in log] == ["pretrain", "finetune"]
     assert not (tmp_path / "t" / "trials" / "0" / "fold-2" / "checkpoints").exists()
+    # a trial's fold gets the stages' lengths a run on its training split would get (min_steps)
+    cfg = search.base.override({"finetune": {"min_steps": 1000}})
+    with pytest.raises(optuna.TrialPruned):
+        objective.fold(trial, cfg, 0)
+    written = json.loads((tmp_path / "t" / "trials" / "0" / "fold-1" / "config.json").read_text())
+    steps = int((search.folds != 0).sum()) // cfg.train.batch_size
+    assert written["finetune"]["epochs"] == -(-1000 // steps) > cfg.finetune.epochs
 
 
 @pytest.mark.parametrize("space, says", [
