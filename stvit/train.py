@@ -106,8 +106,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--device", choices=cli.DEVICES, help=(
         f"where to train: auto (a CUDA GPU if there is one), cpu or cuda; default: {t.device} (here: {device.type})"))
     ap.add_argument("--pretrain-epochs", "--mae-epochs", dest="pretrain_epochs", type=int, metavar="N", help=(
-        f"epochs of MAE pre-training of the spatial encoder, 0 to skip it; default: {cfg.pretrain.epochs}"))
-    ap.add_argument("--ft-epochs", type=int, metavar="N", help=f"epochs of fine-tuning; default: {cfg.finetune.epochs}")
+        f"epochs of MAE pre-training of the spatial encoder, 0 to skip it; default: {_epochs(cfg.pretrain)}"))
+    ap.add_argument("--ft-epochs", type=int, metavar="N", help=f"epochs of fine-tuning; default: {_epochs(cfg.finetune)}")
     ap.add_argument("--batch-size", type=int, metavar="N", help=(
         f"volumes per optimizer step (each volume is {m.volume[0]} slices); under torchrun the global batch; "
         f"default: {t.batch_size}"))
@@ -162,6 +162,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def _on(flag: bool) -> str:
     return "on" if flag else "off"
+
+
+def _epochs(section) -> str:
+    """A stage's default length, as --help says it."""
+    if not section.min_steps:
+        return str(section.epochs)
+    return (f"{section.epochs}, or more on a small training split: at least {section.min_steps} optimizer steps "
+            "(min_steps); a number given here is run as given")
 
 
 # the flags that set a config value: flag -> (argparse dest, config key)
