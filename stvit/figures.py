@@ -72,6 +72,7 @@ def plot_cv_accuracy(model: Sequence[float], baseline: Sequence[float] | None, p
     ax.set_xticks(range(1, k + 1))
     low = min(min(model), min(baseline) if baseline is not None else 1.0)
     ax.set(xlabel="fold", ylabel="test accuracy", title=title, ylim=(max(0.0, low - 0.1), 1.12))
+    ax.set_yticks([t for t in ax.get_yticks() if t <= 1.0 + 1e-9])  # the room above 1 is for the legend
     ax.legend(loc="upper center", ncol=2, fontsize=8)
     _save(fig, path)
     return path
