@@ -543,11 +543,10 @@ def run_plan(plan: Plan, run: RunDir, quiet: bool = False) -> dict | None:
         fused = ", ".join(choose_ops(cfg, device, precision).fused) or "none"
         steps = len(splits.train) // cfg.train.batch_size
         say = print if run.main else (lambda *a, **k: None)
-        say(f"run directory: {run.path}  (preset {cfg.preset}, device {device}{procs}, precision "
-                f"{precision.name}, kernels {cfg.model.kernels} (fused: {fused}), compile {cfg.train.compile}; data "
-                f"{plan.data.source}: {len(splits.train)} train / {len(splits.val)} val / {len(plan.data.y_test)} "
-                f"test volumes; {cfg.pretrain.epochs} pretrain + {cfg.finetune.epochs} finetune epochs of {steps} "
-                "steps)", flush=True)
+        say(f"run directory: {run.path}  (preset {cfg.preset}, device {device}{procs}, precision {precision.name}, "
+            f"kernels {cfg.model.kernels} (fused: {fused}), compile {cfg.train.compile}; data {plan.data.source}: "
+            f"{len(splits.train)} train / {len(splits.val)} val / {len(plan.data.y_test)} test volumes; "
+            f"{cfg.pretrain.epochs} pretrain + {cfg.finetune.epochs} finetune epochs of {steps} steps)", flush=True)
         return run_stages(plan, run, splits, device, precision, quiet or not run.main)
     finally:
         run.close()
