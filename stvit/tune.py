@@ -147,14 +147,6 @@ class Space:
     pruner: dict[str, Any]
     raw: dict[str, Any]  # as read: stored with the study, written to space.json
 
-    def largest(self, key: str, base: Config) -> Any:
-        """The largest value `key` can take in a trial."""
-        flat = T.flatten(base.to_dict())
-        for p in self.params:
-            if p.key == key:
-                return max(p.candidates())
-        return flat[key]
-
 
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
