@@ -347,7 +347,7 @@ def plan_new(args: argparse.Namespace, data: D.HCPData | None = None) -> Plan:
             notes = allow(changes, out, may_change=may_change)
     data = load_data(cfg) if data is None else data
     split = make_split(cfg, data)
-    if not notes and not (out / "config.json").exists():
+    if not (out / "config.json").exists():
         # the stages' lengths for this training split (min_steps); an earlier run's config.json already holds them
         cfg = cfg.for_training_split(len(split["train"]))
     return Plan(cfg, out, data, split, None, args.stage, notes, run.fingerprint())
