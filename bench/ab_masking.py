@@ -97,9 +97,9 @@ def guidance(out: Path, draws: int = 200) -> dict:
     from kernels.reference import random_masking
     from stvit.config import Config
     from stvit.data import make_synthetic
-    from stvit.masking import guided_count, guided_noise, patch_scores
-    from stvit.model import MAE
-    from stvit.precision import Precision
+    from stvit.model.masking import guided_count, guided_noise, patch_scores
+    from stvit.model.vit import MAE
+    from stvit.model.precision import Precision
 
     state = torch.load(out / "checkpoints" / "pretrain.pt", weights_only=True)
     cfg = Config.from_dict(state["config"])

@@ -29,7 +29,7 @@ def peak_gb() -> float:
 def measure(variant: str, n_train: int, n_test: int) -> dict:
     import numpy as np
 
-    from stvit import baseline as B
+    from stvit.training import baseline as B
     from stvit.data import make_synthetic, split_train_val
 
     data = make_synthetic(n_train, n_test, 0)

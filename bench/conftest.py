@@ -22,7 +22,7 @@ from typing import Callable
 import pytest
 import torch
 
-from stvit.report import environment, fmt, vs_baseline
+from stvit.perf.report import environment, fmt, vs_baseline
 
 # Triton chooses compiled or interpreted kernels when first imported: without a GPU, ask for the interpreter.
 if not torch.cuda.is_available():

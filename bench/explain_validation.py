@@ -31,8 +31,8 @@ from stvit.data import load_dataset, write_dataset
 from stvit.data.batches import DeviceSplit
 from stvit.data.synth import planted_patterns
 from stvit.errors import run_cli
-from stvit.model import SpatioTemporalClassifier
-from stvit.precision import Precision
+from stvit.model.vit import SpatioTemporalClassifier
+from stvit.model.precision import Precision
 
 
 def train_run(out: Path, args: list[str]) -> Config:

@@ -84,7 +84,7 @@ def epochs(out: Path, dry: bool) -> list[dict]:
     from stvit.config import preset
     from stvit.data import make_synthetic
     from stvit.profile import VARIANTS, Variant, time_epochs
-    from stvit.report import environment
+    from stvit.perf.report import environment
 
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
@@ -191,8 +191,8 @@ def _load(path: Path):
 
 
 def summary(out: Path, status_file: Path | None, profile_json: Path | None) -> str:
-    from stvit.report import fmt as _f
-    from stvit.report import vs_baseline
+    from stvit.perf.report import fmt as _f
+    from stvit.perf.report import vs_baseline
 
     lines = ["# GPU check", ""]
     rows = []

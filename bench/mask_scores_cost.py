@@ -25,11 +25,11 @@ import time
 
 import torch
 
-from stvit import engine
+from stvit.training import engine
 from stvit.config import preset
 from stvit.data import DeviceSplit, make_synthetic
-from stvit.masking import guided_noise, patch_scores
-from stvit.stages import setup_stage
+from stvit.model.masking import guided_noise, patch_scores
+from stvit.training.stages import setup_stage
 
 
 def seconds(fn, repeat: int = 1) -> tuple[float, float]:
@@ -44,7 +44,7 @@ def seconds(fn, repeat: int = 1) -> tuple[float, float]:
 def scoring_flop_share(name: str) -> float:
     """Analytic FLOPs of the scoring pass over those of a pre-training step, per volume (`stvit.flops`): the patch
     embedding and the spatial encoder on 1 + P tokens, plus the recomputed q, k and q k^T of every block."""
-    from stvit.flops import finetune_flops, linear, pretrain_flops
+    from stvit.perf.flops import finetune_flops, linear, pretrain_flops
 
     m = preset(name).model
     T, N, D = m.volume[0], 1 + m.num_patches, m.dim

@@ -1,8 +1,8 @@
 """Train steps, pretrain and finetune: the seed-style baseline vs eager+compile vs fused+compile.
 
-Each variant (`stvit.profile.VARIANTS`) is set up as training sets it up (`stvit.stages.setup_stage`: the same
+Each variant (`stvit.profile.VARIANTS`) is set up as training sets it up (`stvit.training.stages.setup_stage`: the same
 model, optimizer, compiled graph and masking noise) and makes optimizer steps through the training loop
-(`stvit.engine.train_one_epoch`): baseline = eager ops, no compile, autocast per the precision policy, float32
+(`stvit.training.engine.train_one_epoch`): baseline = eager ops, no compile, autocast per the precision policy, float32
 volumes from host memory through a DataLoader (2 workers, pinned on CUDA) copied each step, torch's default
 AdamW; eager+compile and fused+compile = the whole step compiled, the split resident on the device in the
 compute dtype, the fused AdamW on CUDA. Reported: samples/s, tokens/s (patch tokens), achieved TFLOP/s (analytic

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from .config import LEGACY_SECTIONS, STAGES, Config, ConfigError, preset
-from .errors import UserError
+from stvit.config import LEGACY_SECTIONS, STAGES, Config, ConfigError, preset
+from stvit.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")
 

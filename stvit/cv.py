@@ -42,14 +42,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import data as D
-from . import distributed as DIST
-from . import train as T
-from .cli import read_config_file
-from .config import Config
-from .engine import NonFiniteLoss
-from .errors import UserError, run_cli
-from .rundir import RunDir, WriteError
+from stvit import data as D
+from stvit.training import distributed as DIST
+from stvit import train as T
+from stvit.cli import read_config_file
+from stvit.config import Config
+from stvit.training.engine import NonFiniteLoss
+from stvit.errors import UserError, run_cli
+from stvit.training.rundir import RunDir, WriteError
 
 FOLDS_FILE = "folds.json"
 METRICS = ("accuracy", "roc_auc")
@@ -311,7 +311,7 @@ def write_summary(plan: Plan, run: RunDir, cv: dict[str, Any]) -> None:
     run.write_text("cv.md", report(cv))
 
     def draw(_):
-        from .figures import plot_cv_accuracy  # matplotlib, only when figures are drawn
+        from stvit.training.figures import plot_cv_accuracy  # matplotlib, only when figures are drawn
 
         base = [r["baseline"]["accuracy"] for r in cv["folds"]] if "baseline" in cv["summary"] else None
         plot_cv_accuracy([r["model"]["accuracy"] for r in cv["folds"]], base, plan.out / "cv_accuracy.png",

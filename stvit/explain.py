@@ -44,15 +44,16 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import __version__, cli, steps
-from .checkpoint import atomic_write_bytes
-from .config import Config
-from .data import HCPData, grid_affine, load_split
-from .data.batches import DeviceSplit
-from .errors import UserError, run_cli
-from .model import SpatioTemporalClassifier
-from .precision import Precision
-from .rundir import RunDir
+from stvit import __version__, cli
+from stvit.training import steps
+from stvit.training.checkpoint import atomic_write_bytes
+from stvit.config import Config
+from stvit.data import HCPData, grid_affine, load_split
+from stvit.data.batches import DeviceSplit
+from stvit.errors import UserError, run_cli
+from stvit.model.vit import SpatioTemporalClassifier
+from stvit.model.precision import Precision
+from stvit.training.rundir import RunDir
 
 METHODS = ("ig", "attention")
 INSTALL = "pip install 'stvit[maps]'"
@@ -488,7 +489,7 @@ def plan(args: argparse.Namespace, data: HCPData | None = None) -> Plan:
     device = cli.resolve_device(args.device)
     positions = validation_positions(run) if args.split == "val" else None
     if data is None:
-        from .train import load_data  # the run's data, read as training read it
+        from stvit.train import load_data  # the run's data, read as training read it
 
         data = load_data(cfg)
     n_split = len(data.y_test) if positions is None else len(positions)

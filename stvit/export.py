@@ -33,11 +33,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from . import checkpoint as ckpt
-from .config import Config
-from .cli import check_writable
-from .errors import UserError, run_cli
-from .model import SpatioTemporalClassifier
+from stvit.training import checkpoint as ckpt
+from stvit.config import Config
+from stvit.cli import check_writable
+from stvit.errors import UserError, run_cli
+from stvit.model.vit import SpatioTemporalClassifier
 
 FORMAT = "1"  # version of the `stvit.*` metadata keys the runner reads
 GOLDEN_N = 3  # volumes in the golden input: more than one, so batching is exercised

@@ -1,8 +1,8 @@
 """`python -m stvit.profile`: throughput of N training steps of one stage, with the GPU's own view of them.
 
 Runs `--steps` optimizer steps of a preset's pretrain or finetune stage, set up exactly as training sets it up
-(`stvit.stages.setup_stage`: the same model, optimizer, compiled graph and masking noise), through the training
-loop (`stvit.engine.train_one_epoch`, in windows of `--window` steps, each ending in a sync), samples NVML
+(`stvit.training.stages.setup_stage`: the same model, optimizer, compiled graph and masking noise), through the training
+loop (`stvit.training.engine.train_one_epoch`, in windows of `--window` steps, each ending in a sync), samples NVML
 (`stvit.nvml`) in a background thread (GPU utilization, memory used, power, SM clock), then profiles a few more
 steps with `torch.profiler` for the top-kernel table. Writes `report.md`, `report.json` and, when matplotlib is
 installed, `throughput.png` (samples/s and utilization over time) to `--out`. Without NVML (a CPU, or no
@@ -34,16 +34,17 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from . import cli, engine
-from .config import KERNELS, PRESETS, STAGES, Config
-from .data.augment import flip_fraction
-from .errors import UserError, run_cli
-from .flops import train_flops_per_sample
-from .nvml import NvmlSampler
-from .precision import CHOICES as PRECISIONS
-from .precision import Precision
-from .report import environment, fmt, markdown_table
-from .stages import setup_stage
+from stvit import cli
+from stvit.training import engine
+from stvit.config import KERNELS, PRESETS, STAGES, Config
+from stvit.data.augment import flip_fraction
+from stvit.errors import UserError, run_cli
+from stvit.perf.flops import train_flops_per_sample
+from stvit.perf.nvml import NvmlSampler
+from stvit.model.precision import CHOICES as PRECISIONS
+from stvit.model.precision import Precision
+from stvit.perf.report import environment, fmt, markdown_table
+from stvit.training.stages import setup_stage
 
 log = logging.getLogger("stvit.profile")
 
@@ -107,7 +108,7 @@ class StepRunner:
 
     def __init__(self, cfg: Config, stage: str, variant: Variant, X: np.ndarray, y: np.ndarray,
                  device: torch.device, precision: Precision | None = None, num_workers: int = 2):
-        from . import data as D
+        from stvit import data as D
 
         if stage not in STAGES:
             raise ValueError(f"unknown stage '{stage}' (choose from {', '.join(STAGES)})")
@@ -402,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not out.is_dir():
         raise UserError("exists and is not a directory", out)
 
-    from .data import make_synthetic
+    from stvit.data import make_synthetic
 
     torch.manual_seed(cfg.train.seed)
     data = make_synthetic(n_train, 1, cfg.train.seed)

@@ -28,20 +28,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import cli
-from . import data as D
-from . import distributed as DIST
-from . import rng
-from .config import AUGMENTS, KERNELS, MASK_STRATEGIES, PRESETS, Config, show_value
-from .engine import NonFiniteLoss
-from .errors import UserError, run_cli
-from .evaluation import evaluate
-from .fit import Splits, fit
-from .model import MAE, transfer_encoder
-from .precision import CHOICES as PRECISIONS
-from .precision import Precision
-from .rundir import STAGE_ORDER, RunDir, WriteError
-from .stages import FINETUNE, PRETRAIN, choose_ops, setup_stage
+from stvit import cli
+from stvit import data as D
+from stvit.training import distributed as DIST
+from stvit import rng
+from stvit.config import AUGMENTS, KERNELS, MASK_STRATEGIES, PRESETS, Config, show_value
+from stvit.training.engine import NonFiniteLoss
+from stvit.errors import UserError, run_cli
+from stvit.training.evaluation import evaluate
+from stvit.training.fit import Splits, fit
+from stvit.model.vit import MAE, transfer_encoder
+from stvit.model.precision import CHOICES as PRECISIONS
+from stvit.model.precision import Precision
+from stvit.training.rundir import STAGE_ORDER, RunDir, WriteError
+from stvit.training.stages import FINETUNE, PRETRAIN, choose_ops, setup_stage
 
 log = logging.getLogger("stvit.train")
 STAGE_CHOICES = ("all", "pretrain", "finetune", "evaluate")
@@ -359,7 +359,7 @@ def plan_run(args: argparse.Namespace, data: D.HCPData | None = None) -> Plan:
     train on this data set instead of reading the file the config names (a cross-validation fold, `stvit.cv`)."""
     plan = plan_resume(args, data) if args.resume else plan_new(args, data)
     if args.explain:
-        from . import explain
+        from stvit import explain
 
         if plan.stage == "pretrain":
             raise UserError("--explain maps the classifier after the final evaluation: not with --stage pretrain")
@@ -408,7 +408,7 @@ def run_stages(plan: Plan, run: RunDir, splits: Splits, device, precision: Preci
     fit_stages(cfg, run, splits, device, precision, stage=stage, resume=plan.resume, quiet=quiet)
 
     def draw(folder):
-        from .figures import plot_curves  # matplotlib, only when figures are drawn
+        from stvit.training.figures import plot_curves  # matplotlib, only when figures are drawn
 
         plot_curves(run.records(), folder)
 
@@ -504,7 +504,7 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     say(f"{result_line(m)}; total {time.perf_counter() - t0:.0f} s; {run.path / 'metrics.json'}")
     if args.explain and run.main:
-        from . import explain
+        from stvit import explain
 
         device = DIST.local_device(cli.resolve_device(plan.cfg.train.device))
         return explain.main([str(run.path), "--device", device.type, *(["--quiet"] if quiet else [])],

@@ -16,7 +16,7 @@ Optuna's figures (optimization history, intermediate values, parameter importanc
 one run of the best config in final-trial-N/: pre-training, fine-tuning and the one evaluation of the test split
 (with the same-split baseline where the trainer reports one). summary.json and summary.md hold the numbers.
 
-The search space is a JSON file (default: stvit/tune_space.json) of config keys:
+The search space is a JSON file (default: stvit/training/tune_space.json) of config keys:
     {"params": {"finetune.lr": {"low": 0.3, "high": 3.0, "log": true, "times": "finetune.lr"},
                 "model.dropout": {"low": 0.0, "high": 0.3},
                 "model.dim": {"choices": [32, 64]},
@@ -56,13 +56,13 @@ from typing import Any
 
 import numpy as np
 
-from . import cli, rng
-from . import data as D
-from . import train as T
-from .config import Config
-from .engine import NonFiniteLoss
-from .errors import UserError, run_cli
-from .rundir import RunDir, WriteError
+from stvit import cli, rng
+from stvit import data as D
+from stvit import train as T
+from stvit.config import Config
+from stvit.training.engine import NonFiniteLoss
+from stvit.errors import UserError, run_cli
+from stvit.training.rundir import RunDir, WriteError
 
 HEARTBEAT_S, GRACE_S = 10, 30  # a running trial's heartbeat; the silence after which it counts as interrupted
 SAMPLER_KEYS = ("n_startup_trials", "multivariate", "constant_liar")
@@ -92,7 +92,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--folds", type=int, default=3, metavar="K",
                     help="subject-grouped folds of the training split; a trial trains K times; default: 3")
     ap.add_argument("--space", metavar="FILE",
-                    help="the search space, a JSON file of config keys; default: stvit/tune_space.json")
+                    help="the search space, a JSON file of config keys; default: stvit/training/tune_space.json")
     ap.add_argument("--study", default="stvit", metavar="NAME", help="the study's name in the storage; default: stvit")
     ap.add_argument("--storage", metavar="URL",
                     help="the study's database, a URL Optuna takes (postgresql://...); default: sqlite:///DIR/study.db")
@@ -193,7 +193,7 @@ def parse_param(key: str, spec: Any, base: Config, where: str) -> Param:
 
 def read_space(path: str | None, base: Config) -> Space:
     """The search space of `path` (default: the one shipped), every value checked to make a valid config."""
-    where = path or str(Path(__file__).with_name("tune_space.json"))
+    where = path or str(Path(__file__).parent / "training" / "tune_space.json")
     raw = cli.read_config_file(where)
     unknown = set(raw) - {"params", "sampler", "pruner"}
     if unknown or not isinstance(raw.get("params"), dict) or not raw["params"]:
@@ -328,8 +328,8 @@ class Objective:
     """One trial: a config from the space, trained on every fold; its value the mean best validation accuracy."""
 
     def __init__(self, search: Search, quiet: bool):
-        from .data.batches import DeviceSplit
-        from .precision import Precision
+        from stvit.data.batches import DeviceSplit
+        from stvit.model.precision import Precision
 
         self.search, self.quiet = search, quiet
         self.device = cli.resolve_device(search.base.train.device)
@@ -355,9 +355,9 @@ class Objective:
         """Train `cfg` on every fold but k, validate on fold k; the best epoch's validation accuracy."""
         import optuna
 
-        from .data.batches import DeviceSplit
-        from .fit import Splits
-        from .precision import Precision
+        from stvit.data.batches import DeviceSplit
+        from stvit.training.fit import Splits
+        from stvit.model.precision import Precision
 
         t0 = time.perf_counter()
         run = RunDir(self.search.out / "trials" / str(trial.number) / f"fold-{k + 1}", echo=False)

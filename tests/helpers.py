@@ -56,7 +56,7 @@ def tiny_volumes(n: int = 6) -> tuple[np.ndarray, np.ndarray]:
 
 def run_epoch(setup, X: np.ndarray, y: np.ndarray, steps: int, epoch: int = 0):
     """`steps` steps of `epoch` of a `stages.setup_stage` setup on (X, y), as `stvit.fit` makes them: EpochStats."""
-    from stvit import engine
+    from stvit.training import engine
     from stvit.data import DeviceSplit
 
     cfg = setup.cfg
@@ -107,7 +107,7 @@ def run_main(args: list[str]) -> int:
 
 def losses(run_dir: Path) -> list[tuple]:
     """(stage, epoch, loss, train loss, train accuracy, val loss, val accuracy) of each line of log.jsonl."""
-    from stvit.rundir import read_log
+    from stvit.training.rundir import read_log
 
     keys = ("loss", "train_loss", "train_acc", "val_loss", "val_acc")
     return [(r["stage"], r["epoch"], *(r.get(k) for k in keys)) for r in read_log(run_dir / "log.jsonl")]
@@ -115,7 +115,7 @@ def losses(run_dir: Path) -> list[tuple]:
 
 KILLER = """
 import os, signal, sys
-import stvit.engine as E
+import stvit.training.engine as E
 import {module} as T
 real = E.train_one_epoch
 def killing(step, model, opt, scaler, batches, steps, cfg, epoch, **kw):

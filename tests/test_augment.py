@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from stvit import engine, stages
+from stvit.training import engine
+from stvit.training import stages
 from stvit.config import AUGMENTS, ConfigError, preset
 from stvit.data import DeviceSplit
 from stvit.data.augment import Augment, Warp, flip_fraction

@@ -10,13 +10,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from stvit import baseline as B
+from stvit.training import baseline as B
 from stvit import data as D
-from stvit import fit as FIT
+from stvit.training import fit as FIT
 from stvit import train as T
 from stvit.data import load_split
-from stvit.metrics import classification_metrics
-from stvit.rundir import RunDir
+from stvit.training.metrics import classification_metrics
+from stvit.training.rundir import RunDir
 
 from helpers import TINY_RUN, VOLUME, run_main, write_tiny_data
 

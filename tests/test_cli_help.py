@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-COMMANDS = ["stvit.train", "stvit.profile", "stvit.data.__main__", "stvit.export", "stvit.model", "stvit.tune",
+COMMANDS = ["stvit.train", "stvit.profile", "stvit.data.__main__", "stvit.export", "stvit.model.__main__", "stvit.tune",
             "stvit.cv"]
 
 

@@ -12,9 +12,10 @@ import logging
 import pytest
 import torch
 
-from stvit import engine, steps
-from stvit.model import MAE, SpatioTemporalClassifier
-from stvit.precision import Precision
+from stvit.training import engine
+from stvit.training import steps
+from stvit.model.vit import MAE, SpatioTemporalClassifier
+from stvit.model.precision import Precision
 
 from helpers import tiny_config
 
@@ -38,7 +39,7 @@ def test_three_epochs_without_recompiles(caplog):
     data, labels = torch.randn(n, *cfg.volume), torch.arange(n) % 2
     prec = Precision.resolve("auto", torch.device("cpu"))
     mae, clf = MAE(cfg), SpatioTemporalClassifier(cfg)
-    caplog.set_level(logging.INFO, logger="stvit.steps")
+    caplog.set_level(logging.INFO, logger="stvit.training.steps")
     mae_step = steps.build(steps.mae_loss, mae, prec, compile=True, name="mae")
     clf_step = steps.build(steps.classifier_loss, clf, prec, compile=True, name="classifier")
     clf_eval = steps.build(steps.classifier_logits, clf, prec, compile=True, name="classifier eval")

@@ -14,7 +14,7 @@ import pytest
 from stvit import cv as CV
 from stvit import data as D
 from stvit.errors import run_cli
-from stvit.rundir import RunDir
+from stvit.training.rundir import RunDir
 
 from helpers import ROOT, TINY_RUN, killer_script, write_tiny_data
 

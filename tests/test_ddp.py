@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from stvit import checkpoint as ckpt
+from stvit.training import checkpoint as ckpt
 from stvit import train as T
 
 from helpers import ROOT, TINY_RUN, killer_script, losses, write_tiny_data

@@ -24,8 +24,8 @@ from stvit.data import grid_affine, load_dataset, write_dataset
 from stvit.data.batches import DeviceSplit
 from stvit.data.synth import make_synthetic, planted_patterns
 from stvit.errors import run_cli
-from stvit.model import Attention, SpatioTemporalClassifier
-from stvit.precision import Precision
+from stvit.model.vit import Attention, SpatioTemporalClassifier
+from stvit.model.precision import Precision
 
 from helpers import TINY_RUN, run_main, small_config, write_tiny_data
 

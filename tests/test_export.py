@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 import torch.utils
 
-from stvit import checkpoint
+from stvit.training import checkpoint
 from stvit import export
 from stvit.config import Config, DataConfig, ModelConfig
 from stvit.data import zscore_volumes
 from stvit.errors import run_cli
-from stvit.model import MAE, SpatioTemporalClassifier
+from stvit.model.vit import MAE, SpatioTemporalClassifier
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_CMAKE = torch.utils.cmake_prefix_path

@@ -6,8 +6,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from stvit.config import ModelConfig, preset
-from stvit.flops import finetune_flops, pretrain_flops, train_flops_per_sample
-from stvit.model import MAE, SpatioTemporalClassifier
+from stvit.perf.flops import finetune_flops, pretrain_flops, train_flops_per_sample
+from stvit.model.vit import MAE, SpatioTemporalClassifier
 
 TINY = ModelConfig(dim=32, depth=2, heads=2, temporal_depth=1, temporal_heads=2, head_hidden=16, decoder_dim=16,
                    decoder_depth=1, decoder_heads=2, dropout=0.0)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import kernels
 from kernels import reference
-from stvit.model import MAE, SpatioTemporalClassifier
+from stvit.model.vit import MAE, SpatioTemporalClassifier
 
 from helpers import ROOT, tiny_config
 

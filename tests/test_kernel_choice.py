@@ -11,8 +11,8 @@ import pytest
 
 import kernels.select
 from kernels import _dispatch
-from stvit import stages
-from stvit.rundir import read_log
+from stvit.training import stages
+from stvit.training.rundir import read_log
 
 from helpers import TINY_RUN, break_scatter, run_main, write_tiny_data
 

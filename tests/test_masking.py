@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from scipy import stats
 
 from kernels.reference import random_masking
-from stvit import checkpoint as ckpt
-from stvit import stages
+from stvit.training import checkpoint as ckpt
+from stvit.training import stages
 from stvit.config import Config, ConfigError
-from stvit.masking import AttentionMaskNoise, MaskNoise, guided_count, guided_noise, patch_scores
-from stvit.model import MAE
-from stvit.precision import Precision
+from stvit.model.masking import AttentionMaskNoise, MaskNoise, guided_count, guided_noise, patch_scores
+from stvit.model.vit import MAE
+from stvit.model.precision import Precision
 
 from helpers import (ROOT, TINY_RUN, killer_script, losses, run_epoch, run_main, stage_config, tiny_config,
                      tiny_volumes, write_tiny_data)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from stvit.config import preset
-from stvit.model import MAE, SpatioTemporalClassifier, count_parameters, transfer_encoder
+from stvit.model.vit import MAE, SpatioTemporalClassifier, count_parameters, transfer_encoder
 
 from helpers import small_config as tiny_config
 

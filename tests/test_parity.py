@@ -22,9 +22,9 @@ import functools
 import pytest
 import torch
 
-from stvit import steps
-from stvit.model import MAE, SpatioTemporalClassifier
-from stvit.precision import Precision
+from stvit.training import steps
+from stvit.model.vit import MAE, SpatioTemporalClassifier
+from stvit.model.precision import Precision
 
 from helpers import three_way_failure, tiny_config
 

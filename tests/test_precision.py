@@ -4,7 +4,7 @@ import logging
 import pytest
 import torch
 
-from stvit.precision import Precision, resolve_precision
+from stvit.model.precision import Precision, resolve_precision
 
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")
@@ -61,7 +61,7 @@ def test_explicit_requests_are_kept(fake_gpu):
 
 def test_bf16_on_t4_is_kept_but_warned(fake_gpu, caplog):
     fake_gpu((7, 5))
-    with caplog.at_level(logging.WARNING, logger="stvit.precision"):
+    with caplog.at_level(logging.WARNING, logger="stvit.model.precision"):
         assert resolve_precision("bf16", CUDA) == "bf16"
     assert "emulated" in caplog.text
 

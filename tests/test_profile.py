@@ -12,7 +12,7 @@ import torch
 from stvit import profile
 from stvit.config import preset
 from stvit.errors import run_cli
-from stvit.nvml import NvmlSampler
+from stvit.perf.nvml import NvmlSampler
 
 from helpers import SMALL
 

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from stvit import checkpoint as ckpt
-from stvit import engine
+from stvit.training import checkpoint as ckpt
+from stvit.training import engine
 from stvit.config import OptimConfig
 from stvit.data import load_split
-from stvit.metrics import classification_metrics
-from stvit.rundir import read_log
+from stvit.training.metrics import classification_metrics
+from stvit.training.rundir import read_log
 
 from helpers import ROOT, TINY_RUN, losses, run_main, write_tiny_data
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from stvit import cli, engine
+from stvit import cli
+from stvit.training import engine
 from stvit import train as T
 from stvit.config import Config, OptimConfig, preset
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from stvit import attention, steps
-from stvit.attention import check_backends, preferred_backends, probe, sdpa_context
-from stvit.model import MAE, SpatioTemporalClassifier
-from stvit.precision import Precision
+from stvit.model import attention
+from stvit.training import steps
+from stvit.model.attention import check_backends, preferred_backends, probe, sdpa_context
+from stvit.model.vit import MAE, SpatioTemporalClassifier
+from stvit.model.precision import Precision
 
 from helpers import tiny_config
 
@@ -86,13 +87,13 @@ def fresh_reports(monkeypatch):
 
 
 def test_math_fallback_is_logged(caplog, fresh_reports):
-    with caplog.at_level(logging.INFO, logger="stvit.attention"):
+    with caplog.at_level(logging.INFO, logger="stvit.model.attention"):
         assert check_backends(("flash",), "cpu", torch.float32, [(2, 12, 0.0), (2, 8, 0.0)]) == ("flash",)
         assert not caplog.records
         assert check_backends(("flash",), "cpu", torch.float32, [(2, 12, 0.1)]) == ("flash", "math")
     assert "math fallback" in caplog.text and "dropout" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="stvit.attention"):
+    with caplog.at_level(logging.INFO, logger="stvit.model.attention"):
         check_backends(("flash",), "cpu", torch.float32, [(2, 12, 0.1)])
     assert not caplog.records  # reported once
     assert check_backends((), "cpu", torch.float32, [(2, 12, 0.1)]) == ()  # no restriction: nothing to check

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stvit import engine, stages
+from stvit.training import engine
+from stvit.training import stages
 from stvit.profile import StepRunner, Variant
 
 from helpers import run_epoch, stage_config, tiny_volumes

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from stvit import checkpoint as ckpt
-from stvit import fit as FIT
-from stvit import stages
+from stvit.training import checkpoint as ckpt
+from stvit.training import fit as FIT
+from stvit.training import stages
 from stvit import train as T
 from stvit.data import load_split
-from stvit.metrics import classification_metrics
-from stvit.rundir import RunDir, read_log
+from stvit.training.metrics import classification_metrics
+from stvit.training.rundir import RunDir, read_log
 
 from helpers import ROOT, TINY_RUN, killer_script, losses, run_main, write_tiny_data
 

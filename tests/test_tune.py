@@ -15,7 +15,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")  # the tune extra, in dev: CI has it
 
-from stvit import fit as FIT  # noqa: E402
+from stvit.training import fit as FIT  # noqa: E402
 from stvit import tune as TU  # noqa: E402
 from stvit.config import Config  # noqa: E402
 from stvit.data import subject_folds  # noqa: E402

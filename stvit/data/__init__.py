@@ -7,10 +7,10 @@
 A volume is (53, 63, 46) on SPM's 3 mm grid: axis 0 left-right, axis 1 posterior-anterior, axis 2
 inferior-superior. Command line: `python -m stvit.data inspect FILE`, `python -m stvit.data synth --out FILE`.
 """
-from .dataset import VOLUME_SHAPE, DataError, HCPData, grid_affine, zscore_volumes
-from .files import FORMATS, describe, format_for, load_dataset, write_dataset
-from .split import load_split, save_split, split_train_val, subject_folds
-from .synth import GENERATOR_VERSION, builtin_dataset_path, make_synthetic, write_synthetic
+from stvit.data.dataset import VOLUME_SHAPE, DataError, HCPData, grid_affine, zscore_volumes
+from stvit.data.files import FORMATS, describe, format_for, load_dataset, write_dataset
+from stvit.data.split import load_split, save_split, split_train_val, subject_folds
+from stvit.data.synth import GENERATOR_VERSION, builtin_dataset_path, make_synthetic, write_synthetic
 
 __all__ = [
     "VOLUME_SHAPE", "GENERATOR_VERSION", "HCPData", "DataError", "load_dataset", "describe", "zscore_volumes",
@@ -23,6 +23,6 @@ __all__ = [
 def __getattr__(name: str):
     # DeviceSplit needs torch; importing it lazily keeps `python -m stvit.data` quick
     if name == "DeviceSplit":
-        from .batches import DeviceSplit
+        from stvit.data.batches import DeviceSplit
         return DeviceSplit
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import run_cli
-from .dataset import MAX_ABS, SPLITS, DataError, HCPData, fmt_shape
-from .files import FORMATS, describe, format_for, load_dataset
-from .synth import write_synthetic
+from stvit.errors import run_cli
+from stvit.data.dataset import MAX_ABS, SPLITS, DataError, HCPData, fmt_shape
+from stvit.data.files import FORMATS, describe, format_for, load_dataset
+from stvit.data.synth import write_synthetic
 
 
 def _positive(text: str) -> int:

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import AugmentConfig, Config
-from ..rng import Stream, device_generator
-from .batches import shard_bounds
+from stvit.config import AugmentConfig, Config
+from stvit.rng import Stream, device_generator
+from stvit.data.batches import shard_bounds
 
 MIN_WEIGHT = 1e-3  # a deformed position with less brain than this around it keeps its own value
 

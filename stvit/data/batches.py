@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..rng import Stream, epoch_generator
+from stvit.rng import Stream, epoch_generator
 
 TRANSFER_VOLUMES = 64  # volumes per host-to-device copy while loading
 

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import UserError
+from stvit.errors import UserError
 
 SPLITS = ("train", "test")
 VOLUME_SHAPE = (53, 63, 46)  # SPM 3 mm grid: left-right, posterior-anterior, inferior-superior

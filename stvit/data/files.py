@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import mat73, matv5, nifti, npz
-from .dataset import (MAX_ABS, SPLITS, VOLUME_SHAPE, DataError, HCPData, VarInfo, as_ids, as_labels, check_counts,
+from stvit.data import mat73, matv5, nifti, npz
+from stvit.data.dataset import (MAX_ABS, SPLITS, VOLUME_SHAPE, DataError, HCPData, VarInfo, as_ids, as_labels, check_counts,
                       check_values, check_volumes_shape, keys, zscore_volumes)
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

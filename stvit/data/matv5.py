@@ -27,7 +27,7 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 
-from .dataset import DataError, HCPData, VarInfo
+from stvit.data.dataset import DataError, HCPData, VarInfo
 
 MI_INT8, MI_UINT8, MI_INT16, MI_UINT16, MI_INT32, MI_UINT32 = 1, 2, 3, 4, 5, 6
 MI_SINGLE, MI_DOUBLE, MI_INT64, MI_UINT64, MI_MATRIX, MI_COMPRESSED = 7, 9, 12, 13, 14, 15

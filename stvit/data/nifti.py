@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import SPLITS, DataError, HCPData, as_labels, grid_affine
+from stvit.data.dataset import SPLITS, DataError, HCPData, as_labels, grid_affine
 
 CSV_COLUMNS = ("file", "label", "subject", "split")
 

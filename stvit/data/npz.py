@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import DataError, HCPData, VarInfo
-from .matv5 import fill_c_stream, fill_fortran_stream, readinto_exact
+from stvit.data.dataset import DataError, HCPData, VarInfo
+from stvit.data.matv5 import fill_c_stream, fill_fortran_stream, readinto_exact
 
 
 class NpzSource:

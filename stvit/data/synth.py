@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import ORIGIN_MM, VOLUME_SHAPE, DataError, HCPData
+from stvit.data.dataset import ORIGIN_MM, VOLUME_SHAPE, DataError, HCPData
 
 GENERATOR_VERSION = 1
 VOLUMES_PER_SUBJECT = 16  # 8 per class
@@ -254,7 +254,7 @@ def write_synthetic(path, n_train: int, n_test: int, seed: int, *, fmt: str | No
                     dtype=np.float64) -> None:
     """Generate the synthetic set and write it in the real layout (`files.write_dataset`: X (N, 53, 63, 46)
     `dtype`, y (N, 1) double, ids as a char matrix), atomically."""
-    from .files import write_dataset
+    from stvit.data.files import write_dataset
 
     write_dataset(path, make_synthetic(n_train, n_test, seed), fmt=fmt, dtype=dtype)
 

@@ -120,7 +120,7 @@ def baseline_metrics(data, index: dict[str, np.ndarray], class_names: Sequence[s
     """The baseline of a run: fitted on the training split of `data` (an `HCPData`), C chosen on the validation
     split (`index`: positions of train and val in the file's training split), then the test split read and
     scored once. Returns (the metrics.json `baseline` section, the test probabilities (N, C))."""
-    from .metrics import classification_metrics
+    from stvit.training.metrics import classification_metrics
 
     t0 = time.perf_counter()
     fitted = fit_baseline(data.X_train, data.y_train, index, len(class_names), grid)

@@ -24,10 +24,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .config import Config
-from .data.batches import shard_bounds
-from .precision import Precision
-from .rng import Stream, device_generator
+from stvit.config import Config
+from stvit.data.batches import shard_bounds
+from stvit.model.precision import Precision
+from stvit.rng import Stream, device_generator
 
 TINY_SCORE = 1e-30  # scores are sums of softmax weights (>= 0); the floor keeps log() finite
 

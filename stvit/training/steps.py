@@ -29,9 +29,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attention import check_backends
-from .model import MAE, Attention, SpatioTemporalClassifier
-from .precision import Precision
+from stvit.model.attention import check_backends
+from stvit.model.vit import MAE, Attention, SpatioTemporalClassifier
+from stvit.model.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def build(fn: Callable, model: nn.Module, precision: Precision, *, compile: bool
     """`fn` bound to `model` and `precision`, compiled with fullgraph=True when `compile`.
 
     The precision's SDPA backends are first checked against the model's attention shapes on the model's device
-    (`stvit.attention.check_backends`: math is added, with a log line, only where no fused kernel runs them).
+    (`stvit.model.attention.check_backends`: math is added, with a log line, only where no fused kernel runs them).
     Compiling turns Inductor's FX graph cache on (`torch._inductor.config.fx_graph_cache`; the default in torch
     2.11 and 2.13 already, set here so a config change elsewhere cannot silently cost every start a full
     compile; `TORCHINDUCTOR_FX_GRAPH_CACHE=0` still wins).

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import UserError
+from stvit.errors import UserError
 
 
 def init() -> None:

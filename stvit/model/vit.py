@@ -12,7 +12,6 @@ ops that pass their startup self-check on a GPU).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from types import ModuleType
@@ -25,7 +24,7 @@ from torch import Tensor
 import kernels
 import kernels.reference as reference
 
-from .config import ModelConfig, preset
+from stvit.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -346,23 +345,3 @@ def summary(cfg: ModelConfig) -> str:
     lines += [f"{name:<20s}{count_parameters(m):>12,d}" for name, m in rows]
     lines.append(f"{'  decoder':<20s}{dec:>12,d}")
     return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m stvit.model", description="Describe the model of a preset: its "
-                                 "patches and tokens, and the parameter count of every part.")
-    ap.add_argument("--preset", default="paper", choices=["paper", "notebook", "demo"],
-                    help="the preset whose model is described; default: paper")
-    ap.add_argument("--summary", action="store_true", help="print the parameter counts (what it does anyway)")
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    print(f"preset {args.preset}")
-    print(summary(preset(args.preset).model))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import distributed as DIST
-from .config import OptimConfig
+from stvit.training import distributed as DIST
+from stvit.config import OptimConfig
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import preferred_backends, sdpa_context
+from stvit.model.attention import preferred_backends, sdpa_context
 
 log = logging.getLogger(__name__)
 

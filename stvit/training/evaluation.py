@@ -12,15 +12,15 @@ from typing import Any
 
 import torch
 
-from . import steps
-from .config import Config
-from .data import HCPData
-from .errors import UserError
-from .fit import LEAK_WARNING, Splits, predict_split
-from .model import SpatioTemporalClassifier
-from .precision import Precision
-from .rundir import RunDir
-from .stages import choose_ops
+from stvit.training import steps
+from stvit.config import Config
+from stvit.data import HCPData
+from stvit.errors import UserError
+from stvit.training.fit import LEAK_WARNING, Splits, predict_split
+from stvit.model.vit import SpatioTemporalClassifier
+from stvit.model.precision import Precision
+from stvit.training.rundir import RunDir
+from stvit.training.stages import choose_ops
 
 
 def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, precision: Precision,
@@ -37,7 +37,7 @@ def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, pre
     names = list(cfg.data.class_names)
     v_probs, v_y, _, _ = predict_split(fn, clf, splits.val, cfg)
     probs, y, idx, _ = predict_split(fn, clf, splits.test(), cfg)
-    from .metrics import classification_metrics  # scikit-learn, only when metrics are computed
+    from stvit.training.metrics import classification_metrics  # scikit-learn, only when metrics are computed
 
     metrics = {
         "test": classification_metrics(y, probs, names),
@@ -52,7 +52,7 @@ def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, pre
         metrics["warning"] = LEAK_WARNING
     arrays = {}
     if cfg.train.baseline and run.main:
-        from .baseline import baseline_metrics  # scikit-learn, only when the baseline is fitted
+        from stvit.training.baseline import baseline_metrics  # scikit-learn, only when the baseline is fitted
 
         metrics["baseline"], arrays["baseline_test_probs"] = baseline_metrics(data, splits.index, names)
     run.write_arrays("predictions.npz", test_probs=probs, test_labels=y, test_index=idx, val_probs=v_probs,
@@ -60,7 +60,7 @@ def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, pre
     run.write_json("metrics.json", metrics)
 
     def draw(folder):
-        from .figures import plot_confusion  # matplotlib, only when figures are drawn
+        from stvit.training.figures import plot_confusion  # matplotlib, only when figures are drawn
 
         plot_confusion(metrics["test"]["confusion_matrix"], names, folder / "confusion_matrix.png",
                        f"test, best epoch {metrics['best_epoch']}")

@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import checkpoint as ckpt
-from . import distributed as DIST
-from .errors import UserError
+from stvit.training import checkpoint as ckpt
+from stvit.training import distributed as DIST
+from stvit.errors import UserError
 
 STAGE_ORDER = {"pretrain": 0, "finetune": 1}
 
@@ -124,7 +124,7 @@ class RunDir:
     def write_split(self, split: dict[str, np.ndarray], *, ids, seed: int, fraction: float) -> None:
         """split.json: the train/validation positions (and the validation subjects)."""
         if self.main:
-            from .data import save_split
+            from stvit.data import save_split
 
             with writing(self.path / "split.json"):
                 save_split(self.path, split["train"], split["val"], ids=ids, seed=seed, fraction=fraction)

@@ -21,16 +21,16 @@ from torch import Tensor, nn
 
 import kernels.select
 
-from . import distributed as DIST
-from . import steps
-from .config import Config, ModelConfig, OptimConfig
-from .data.augment import Augment
-from .engine import make_optimizer, param_groups
-from .errors import UserError
-from .masking import MaskNoise, mask_noise
-from .model import MAE, SpatioTemporalClassifier
-from .precision import Precision
-from .rng import stage_seed
+from stvit.training import distributed as DIST
+from stvit.training import steps
+from stvit.config import Config, ModelConfig, OptimConfig
+from stvit.data.augment import Augment
+from stvit.training.engine import make_optimizer, param_groups
+from stvit.errors import UserError
+from stvit.model.masking import MaskNoise, mask_noise
+from stvit.model.vit import MAE, SpatioTemporalClassifier
+from stvit.model.precision import Precision
+from stvit.rng import stage_seed
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import distributed as DIST
-from . import engine
-from . import rng
-from .config import Config
-from .data.augment import flip_fraction
-from .data.batches import DeviceSplit
-from .rundir import RunDir
-from .stages import StageSetup
+from stvit.training import distributed as DIST
+from stvit.training import engine
+from stvit import rng
+from stvit.config import Config
+from stvit.data.augment import flip_fraction
+from stvit.data.batches import DeviceSplit
+from stvit.training.rundir import RunDir
+from stvit.training.stages import StageSetup
 
 LEAK_WARNING = ("WARNING: --select-on-test picks the best epoch on the TEST split (the seed's protocol). "
                 "The reported test accuracy is optimistically biased: it leaks test information into model "

@@ -1,0 +1,1 @@
+"""The performance wing: step timing and profiling, GPU telemetry (NVML), analytic FLOPs, report pieces."""
