@@ -50,6 +50,9 @@ class HCPData:
     y_test: np.ndarray
     ids_test: np.ndarray | None
     source: str
+    # per-volume metadata of each split, {"train": {field: (N,) array}, "test": {...}} (subject, session, run,
+    # volume, onset, condition: `stvit.data.packed.META_FIELDS`), when the file carries it (packed files)
+    meta: dict[str, dict[str, np.ndarray]] | None = None
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(X, y, ids) of `train` or `test`."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stvit.data import mat73, matv5, nifti, npz
+from stvit.data import mat73, matv5, nifti, npz, packed
 from stvit.data.dataset import (MAX_ABS, SPLITS, VOLUME_SHAPE, DataError, HCPData, VarInfo, as_ids, as_labels, check_counts,
                       check_values, check_volumes_shape, keys, zscore_volumes)
 
@@ -70,8 +70,12 @@ def load_dataset(path, *, volume_shape=VOLUME_SHAPE, num_classes: int = 2, nan_t
     volume_shape = tuple(int(s) for s in volume_shape)
     if not path.exists():
         raise DataError("no such file or folder", path)
+    meta = None
     if path.is_dir() or path.suffix.lower() == ".csv":
         splits = nifti.read(path, volume_shape, num_classes, dtype, class_names)
+    elif packed.is_packed(path):
+        data = packed.read_packed(path, volume_shape=volume_shape, num_classes=num_classes, dtype=dtype)
+        splits, meta = {s: data.split(s) for s in SPLITS}, data.meta
     else:
         if not os.access(path, os.R_OK):
             raise DataError("permission denied", path)
@@ -84,7 +88,7 @@ def load_dataset(path, *, volume_shape=VOLUME_SHAPE, num_classes: int = 2, nan_t
         if zscore:
             zscore_volumes(X)
     (Xtr, ytr, itr), (Xte, yte, ite) = splits["train"], splits["test"]
-    return HCPData(Xtr, ytr, itr, Xte, yte, ite, source=str(path))
+    return HCPData(Xtr, ytr, itr, Xte, yte, ite, source=str(path), meta=meta)
 
 
 def read_arrays(src, path: Path, volume_shape, num_classes: int, dtype) -> dict:
@@ -125,13 +129,21 @@ def describe(path) -> tuple[str, dict[str, VarInfo]]:
         counts = {s: sum(r["split"] == s for r in rows) for s in SPLITS}
         return f"NIfTI folder ({csv_path.name})", {
             f"{s} rows": VarInfo((counts[s],), "csv rows", False) for s in SPLITS}
+    if packed.is_packed(path):
+        with packed.PackedFile(path) as p:
+            counts = {s: int((p.split == code).sum()) for code, s in enumerate(SPLITS)}
+            info = {"voxels": VarInfo(tuple(p.voxels.shape), str(p.dtype), True),
+                    "mask": VarInfo(p.volume_shape, f"{len(p.index):,} in-brain voxels", False),
+                    **{f"{s} rows": VarInfo((counts[s],), "volumes", False) for s in SPLITS},
+                    **{f"meta/{k}": VarInfo(v.shape, str(v.dtype), False) for k, v in p.meta.items()}}
+            return f"packed stvit data ({p.dtype} in-brain voxels)", info
     with open_source(path) as src:
         return src.kind, src.variables()
 
 
 # --- writing ----------------------------------------------------------------------------------------------
 
-FORMATS = ("mat", "mat73", "npz", "nifti")
+FORMATS = ("mat", "mat73", "npz", "nifti", "packed")
 
 
 def format_for(path) -> str | None:
@@ -143,6 +155,7 @@ def format_for(path) -> str | None:
 
 def write_dataset(path, data: HCPData, *, fmt: str | None = None, dtype=np.float64) -> None:
     """Write `data` as MAT v5 (`mat`), MAT v7.3 (`mat73`: HDF5 with MATLAB's user block and attributes), `npz`,
+    `packed` (`stvit.data.packed`: the in-brain voxels, float16 when `dtype` is float16, else float32),
     converting the volumes to `dtype` a block at a time, atomically (temp file + `os.replace`); or as a NIfTI
     folder (`nifti`: `path` is the folder, float32 volumes)."""
     path = Path(path)
@@ -152,6 +165,9 @@ def write_dataset(path, data: HCPData, *, fmt: str | None = None, dtype=np.float
     dtype = np.dtype(dtype)
     if fmt == "nifti":
         nifti.write(path, data)
+        return
+    if fmt == "packed":  # float32 in-brain voxels (write_packed's default is float16)
+        packed.write_packed(path, data, dtype="float16" if dtype == np.float16 else "float32")
         return
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
