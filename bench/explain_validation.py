@@ -25,7 +25,11 @@ import numpy as np
 import torch
 
 from stvit import explain as E
+from stvit.maps import attribution as A
+from stvit.maps import render as R
+from stvit.maps import validation as V
 from stvit import train
+from stvit.training.api import load_data
 from stvit.config import Config
 from stvit.data import load_dataset, write_dataset
 from stvit.data.batches import DeviceSplit
@@ -49,10 +53,10 @@ def shuffled_copy(source: Path, out: Path, seed: int) -> Path:
     return out
 
 
-def explain_model(model: SpatioTemporalClassifier, cfg: Config, data, index: np.ndarray, steps: int) -> E.Explained:
+def explain_model(model: SpatioTemporalClassifier, cfg: Config, data, index: np.ndarray, steps: int) -> A.Explained:
     """IG maps of `model` on the test volumes at `index`, as the command computes them."""
     split = DeviceSplit(data.X_test, data.y_test, torch.device("cpu"), index=index)
-    return E.explain(model, Precision.resolve(cfg.train.precision, torch.device("cpu")), split, methods=("ig",),
+    return A.explain(model, Precision.resolve(cfg.train.precision, torch.device("cpu")), split, methods=("ig",),
                      steps=steps, batch_size=cfg.train.eval_batch_size)
 
 
@@ -76,7 +80,7 @@ def trained_seed(out: Path, common: list[str], explain: list[str], seed: int) ->
             "explained_volumes": len(record["volumes"]), "ig_steps": ig["steps"],
             "max_abs_delta": ig["max_abs_delta"], "mean_abs_delta": ig["mean_abs_delta"],
             "mean_abs_logit_gap": ig["mean_abs_logit_gap"],
-            "agreement": E.planted_agreement(E.read_maps(out / "maps"), planted_patterns()),
+            "agreement": V.planted_agreement(R.read_maps(out / "maps"), planted_patterns()),
             "seconds": {"training": round(t_train, 1), "explain": record["seconds"]}}
 
 
@@ -84,23 +88,23 @@ def controls(out: Path, first: Path, common: list[str], seed: int) -> dict:
     """The shuffled-label and re-initialized models of the first seed's recipe, on its explained volumes."""
     cfg = Config.from_dict(json.loads((first / "config.json").read_text()))
     record = json.loads((first / "maps" / "maps.json").read_text())
-    data = train.load_data(cfg)
+    data = load_data(cfg)
     t0 = time.perf_counter()
     shuffled = shuffled_copy(Path(data.source), out / "shuffled.npz", seed)
     train_run(out / "shuffled", [*common, "--seed", str(seed), "--data", str(shuffled)])
     torch.manual_seed(seed + 1)
     index, steps = np.asarray(record["volumes"]), record["integrated_gradients"]["steps"]
     models = {"shuffled_labels": best_model(out / "shuffled"), "reinitialized": SpatioTemporalClassifier(cfg.model)}
-    trained, planted = E.read_maps(first / "maps"), planted_patterns()
+    trained, planted = R.read_maps(first / "maps"), planted_patterns()
     result = {}
     for name, model in models.items():
         maps = explain_model(model, cfg, data, index, steps).maps
         result[name] = {
-            "spearman_class_difference": E.correlation(E.class_difference(maps), E.class_difference(trained),
+            "spearman_class_difference": V.correlation(V.class_difference(maps), V.class_difference(trained),
                                                        planted.brain, rank=True),
-            "spearman_ig_abs_mean": E.correlation(maps["ig_abs_mean"], trained["ig_abs_mean"], planted.brain,
+            "spearman_ig_abs_mean": V.correlation(maps["ig_abs_mean"], trained["ig_abs_mean"], planted.brain,
                                                   rank=True),
-            "agreement": E.planted_agreement(maps, planted)}
+            "agreement": V.planted_agreement(maps, planted)}
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
 

@@ -36,8 +36,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 PRESETS = ("paper", "notebook", "demo")
-STAGES = ("pretrain", "finetune")  # the training stages, in order; each has an OptimConfig section of its name
-# (pre-training's, `PretrainConfig`, adds how the MAE masks)
 LEGACY_SECTIONS = {"mae": "pretrain"}  # old name -> name; configs that use the old one still load
 KERNELS = ("auto", "fused", "eager")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -331,13 +329,14 @@ class Config:
         """The recipe for a training split of `n_train` volumes: each stage's `min_steps` applied to its steps per
         epoch (`n_train // batch_size`, the last partial batch is dropped)."""
         steps = n_train // self.train.batch_size
-        return dataclasses.replace(self, **{s: self.optim(s).for_steps_per_epoch(steps) for s in STAGES})
+        return dataclasses.replace(self, **{s: self.optim(s).for_steps_per_epoch(steps) for s in stage_sections()})
 
     def optim(self, stage: str) -> "OptimConfig":
         """The optimizer and schedule section of a training stage (`pretrain` or `finetune`)."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage '{stage}' (choose from {', '.join(STAGES)})")
+        if stage not in stage_sections():
+            raise ValueError(f"unknown stage '{stage}' (choose from {', '.join(stage_sections())})")
         return getattr(self, stage)
+
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
@@ -348,6 +347,14 @@ class Config:
         """A copy with the (possibly partial, nested) values of `d` applied on top."""
         merged = _merge(self.to_dict(), _renamed(d), "")
         return Config.from_dict(merged)
+
+
+def stage_sections() -> tuple[str, ...]:
+    """The config sections that hold a training stage's optimizer and schedule (an `OptimConfig`), in the order of
+    `Config`'s fields. The stages themselves (order, seed, checkpoint, model) are `stvit.training.stages.STAGES`."""
+    hints = typing.get_type_hints(Config)
+    return tuple(f.name for f in dataclasses.fields(Config)
+                 if isinstance(hints[f.name], type) and issubclass(hints[f.name], OptimConfig))
 
 
 def _renamed(d: Any) -> Any:
