@@ -449,8 +449,8 @@ def preset(name: str) -> Config:
         # The same code, sized for a 2-core CPU: 21x23 patches (6 per slice instead of 207), one spatial and one
         # temporal block at width 64, 1,920 + 320 synthetic volumes. With 7x2 or 7x23 patches a model this small sat
         # at chance for 500-900 steps of batch 8 (its CLS has to learn where to attend before the loss moves); with
-        # 21x23 patches it leaves chance in the first epoch or two (bench/results/2026-11-26-cpu-demo-calibration.md).
-        # Sized for any data set, not only the built-in one (bench/results/2026-11-29-cpu-demo-recipe.md): each stage
+        # 21x23 patches it leaves chance in the first epoch or two (bench/studies/2026-11-26-cpu-demo-calibration/).
+        # Sized for any data set, not only the built-in one (bench/studies/2026-11-29-cpu-demo-recipe/): each stage
         # runs at least the optimizer steps it runs on the 1,920-volume set (min_steps: 216 pre-training, 1,296
         # fine-tuning; a smaller training split gets more epochs, its warmup stretched with them), so 240 volumes
         # are not left ~150 steps in. No dropout: 0.1 helped 240 and 480 volumes by 1-4 points but cost the

@@ -38,13 +38,13 @@ CPU = torch.device("cpu")
 FP32 = Precision.resolve("fp32", CPU)
 
 # --- the validation model: its own recipe (tests/explain_validation.json), so that a change of the demo preset cannot
-# move these checks; bench/explain_validation.py runs the same recipe over several seeds --------------------------
+# move these checks; bench/studies/2026-11-29-cpu-maps/explain_validation.py runs the same recipe over several seeds
 
 VALIDATION = json.loads((Path(__file__).parent / "explain_validation.json").read_text())
 EXPLAIN = ["--n", "32", "--steps", "32"]  # test volumes, IG steps (16 left some volumes 35% off completeness)
 
-# Thresholds with margin, from this recipe over seeds 0-3 and its controls (bench/explain_validation.py; the numbers
-# in bench/results/2026-11-29-cpu-maps/README.md): trained / controls measured
+# Thresholds with margin, from this recipe over seeds 0-3 and its controls (explain_validation.py; the numbers in
+# bench/studies/2026-11-29-cpu-maps/README.md): trained / controls measured
 MIN_PEARSON = 0.1  # class-difference map vs the planted difference, over the brain: 0.15-0.31 / -0.03-0.00
 MIN_SPEARMAN_REGIONS = 0.12  # the same, ranks over the planted regions: 0.21-0.26 / -0.11-0.02
 MIN_ENRICHMENT = 4.0  # top 1% of the class-difference map in the discriminative regions, over chance: 7.6-8.5 / 0.7-2.2

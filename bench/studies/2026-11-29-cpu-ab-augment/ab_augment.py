@@ -1,7 +1,8 @@
 """A/B of the training augmentations on the built-in synthetic set, preset demo, on the CPU: flips only (the
 default) against flip + elastic + scale + noise at their default strengths, the same seeds for both arms.
 
-    nice -n 10 python bench/ab_augment.py --out runs/ab-augment --report bench/results/<date>-cpu-ab-augment.md
+    nice -n 10 python bench/studies/2026-11-29-cpu-ab-augment/ab_augment.py --out runs/ab-augment \
+        --report bench/studies/2026-11-29-cpu-ab-augment/README.md
 
 Each run is `python -m stvit.train --preset demo --device cpu --seed S [--augment ...]` in its own directory; a
 run that already has metrics.json is read, not run again (the driver can be restarted). The report gives every
@@ -19,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 ARMS = {"flips only": [], "flip + elastic + scale + noise": ["--augment", "flip", "elastic", "scale", "noise"]}
 
 
@@ -70,7 +71,8 @@ def report(results: dict[str, list[dict]], seeds: list[int]) -> str:
              "- Data: the built-in synthetic set (1,920 train / 320 test volumes, new subjects in test); "
              "validation = 10% of the train subjects; every run picks its epoch on validation and evaluates the "
              "test split once",
-             f"- Command: `nice -n 10 python bench/ab_augment.py` (seeds {', '.join(map(str, seeds))}); each run is "
+             "- Command: `nice -n 10 python bench/studies/2026-11-29-cpu-ab-augment/ab_augment.py` "
+             f"(seeds {', '.join(map(str, seeds))}); each run is "
              "`python -m stvit.train --preset demo --device cpu --seed S --quiet [--augment flip elastic scale "
              "noise]`, default strengths (elastic 1.5 voxels every 8 voxels, scale ±10%, noise 0.1)", "",
              "| arm | seed | test acc | test ROC-AUC | val acc | best epoch | last train loss | last train acc | "

@@ -1,7 +1,7 @@
 """What the run's baseline costs on the demo set: seconds and peak resident memory of `stvit.baseline` beside the
 plain scikit-learn way of fitting the same model, each in a fresh process.
 
-    nice -n 10 python bench/baseline_cost.py [--n-train 1920] [--n-test 320]
+    nice -n 10 python bench/studies/2026-11-29-cpu-demo-recipe/baseline_cost.py [--n-train 1920] [--n-test 320]
 
 `stvit.baseline`: float32 in-brain voxels gathered in blocks, StandardScaler by partial_fit and in place,
 LogisticRegression on float32 (what every run does). `plain`: the same mask and grid, but the features taken with

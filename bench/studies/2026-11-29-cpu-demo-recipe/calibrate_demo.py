@@ -2,8 +2,8 @@
 counts, a few seeds each, every run through `stvit.train`'s own plan and stages (with its logistic-regression
 baseline on the same split), one fixed test split of new subjects.
 
-    nice -n 10 python bench/calibrate_demo.py --out runs/calib [--sizes 240 480 960 1920 480x60] [--seeds 0 1 2]
-                                              [-- stvit.train flags, e.g. --config recipe.json]
+    nice -n 10 python bench/studies/2026-11-29-cpu-demo-recipe/calibrate_demo.py --out runs/calib
+        [--sizes 240 480 960 1920 480x60] [--seeds 0 1 2] [-- stvit.train flags, e.g. --config recipe.json]
 
 A size is `N` (the first N / 16 subjects of the synthetic training split, 16 volumes each) or `NxS` (N volumes
 from S subjects: the first N / S / 2 volumes of each class of each of the first S subjects). The data is

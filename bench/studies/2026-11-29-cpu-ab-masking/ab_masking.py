@@ -16,11 +16,12 @@ Runs already finished are read, not rerun (an interrupted A/B continues; a run w
 is resumed). The report (Markdown) gives the per-seed numbers, the mean and range per arm, and the paired
 difference to random per seed, and how far each attention run's guided masks were from random ones.
 
-    OMP_NUM_THREADS=1 nice -n 10 python bench/ab_masking.py --runs runs/ab-masking \
-        --report bench/results/<date>-cpu-ab-masking.md
+    OMP_NUM_THREADS=1 nice -n 10 python bench/studies/2026-11-29-cpu-ab-masking/ab_masking.py \
+        --runs runs/ab-masking \
+        --report bench/studies/2026-11-29-cpu-ab-masking/README.md
 
 (One thread per run: on a 2-core machine shared with other jobs, torch's two-thread pool spent most of its time
-waiting, `bench/mask_scores_cost.py`; both arms run alike either way.)
+waiting, `bench/studies/2026-11-29-cpu-ab-masking/mask_scores_cost.py`; both arms run alike either way.)
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 ARMS = {  # name -> the flags that make it
     "random": ["--mask-strategy", "random"],
     "attention": ["--mask-strategy", "attention"],
@@ -226,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{setting} seed {seed} {arm}: test acc {r['acc']:.3f}, ROC-AUC {r['auc']:.3f}, "
                       f"baseline {fmt(r['baseline'])}, {fmt(infos[setting, seed, arm].get('wall_s'), '.0f')} s",
                       flush=True)
-    command = "python bench/ab_masking.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = ("python bench/studies/2026-11-29-cpu-ab-masking/ab_masking.py "
+               + " ".join(sys.argv[1:] if argv is None else argv))
     text = report(runs, args.settings, args.seeds, infos, started, commit, command)
     if args.report:
         Path(args.report).write_text(text + "\n")

@@ -12,7 +12,8 @@ of one step, the cache's pass per step, and the sampler (`guided_noise`) alone, 
 (this process, all threads: the work itself, where a shared machine makes the wall time wait); medians and
 ratios to random.
 
-    nice -n 10 python bench/mask_scores_cost.py [--preset demo] [--rounds 5] [--steps 20]
+    nice -n 10 python bench/studies/2026-11-29-cpu-ab-masking/mask_scores_cost.py [--preset demo] [--rounds 5]
+        [--steps 20]
 """
 from __future__ import annotations
 

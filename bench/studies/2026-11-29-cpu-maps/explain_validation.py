@@ -1,8 +1,8 @@
 """Are the brain maps right? Models trained on the synthetic set against what its generator planted, and the
 sanity checks of Adebayo et al. (2018), in one command:
 
-    python bench/explain_validation.py --out DIR [--config FILE.json] [--seeds 0 1 ...] [--n N] [--steps S]
-                                       [--no-controls]
+    python bench/studies/2026-11-29-cpu-maps/explain_validation.py --out DIR [--config FILE.json] [--seeds 0 1 ...]
+        [--n N] [--steps S] [--no-controls]
 
 For each seed: `python -m stvit.train --seed S` on the built-in synthetic set (preset demo unless --config says
 otherwise), then `python -m stvit.explain` on its test split (DIR/seed<S>/maps), and the agreement of its maps
@@ -125,7 +125,8 @@ def main() -> None:
     t0, load = time.perf_counter(), list(os.getloadavg())
     seeds = [trained_seed(a.out / f"seed{s}", common, explain, s) for s in a.seeds]
     result = {
-        "command": f"python bench/explain_validation.py --out {a.out}" + (f" --config {a.config}" if a.config else "")
+        "command": f"python bench/studies/2026-11-29-cpu-maps/explain_validation.py --out {a.out}"
+                   + (f" --config {a.config}" if a.config else "")
                    + f" --seeds {' '.join(map(str, a.seeds))} --n {a.n} --steps {a.steps}"
                    + ("" if a.controls else " --no-controls"),
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
