@@ -96,16 +96,13 @@ def guidance(out: Path, draws: int = 200) -> dict:
     import torch
 
     from kernels.reference import random_masking
-    from stvit.config import Config
     from stvit.data import make_synthetic
     from stvit.model.masking import guided_count, guided_noise, patch_scores
-    from stvit.model.vit import MAE
     from stvit.model.precision import Precision
+    from stvit.training.rundir import load_model
 
-    state = torch.load(out / "checkpoints" / "pretrain.pt", weights_only=True)
-    cfg = Config.from_dict(state["config"])
-    model = MAE(cfg.model)
-    model.load_state_dict(state["model"])
+    trained = load_model(out / "checkpoints" / "pretrain.pt", stage="pretrain")
+    cfg, model = trained.cfg, trained.model
     x = torch.from_numpy(make_synthetic(16, 1, 0).X_train)
     scores = patch_scores(model.encoder, x.reshape(-1, *x.shape[-2:]), Precision.resolve("fp32", torch.device("cpu")))
     S, P = scores.shape

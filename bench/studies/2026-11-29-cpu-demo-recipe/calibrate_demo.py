@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stvit import train as T
+from stvit import cli
+from stvit.training import api
 from stvit.data import HCPData, make_synthetic
 from stvit.data.synth import VOLUMES_PER_SUBJECT
 
@@ -46,12 +47,22 @@ def subset(data: HCPData, n: int, subjects: int) -> HCPData:
                    data.ids_test, source=f"synthetic {n} volumes / {subjects} subjects")
 
 
+def recipe(flags: list[str]) -> dict:
+    """The config values and config file that train flags after `--` ask for (the flag table of `stvit.cli`)."""
+    ap = argparse.ArgumentParser(prog="calibrate_demo.py --")
+    cli.add_run_flags(ap, [], skip=("--out", "--resume", "--stage", "--preset", "--seed", "--device", "--data"))
+    args = ap.parse_args(flags)
+    return {"values": cli.config_values(args), "config_file": args.config}
+
+
 def one_run(data: HCPData, out: Path, seed: int, flags: list[str]) -> dict:
-    args = T.build_parser().parse_args(["--preset", "demo", "--device", "cpu", "--seed", str(seed), "--out", str(out),
-                                        "--quiet", *flags])
+    """One demo run of the run API on `data` with the recipe of `flags` (as `python -m stvit.train` runs it)."""
+    r = recipe(flags)
+    request = api.Request(preset="demo", values={**r["values"], "train.device": "cpu", "train.seed": seed},
+                          config_file=r["config_file"], out=out, quiet=True)
     load = os.getloadavg()
     t0 = time.perf_counter()
-    m = T.run_plan(*T.agreed_plan(args, data), quiet=True)
+    m = api.run(api.plan(request, data))
     seconds = time.perf_counter() - t0
     cfg = json.loads((out / "config.json").read_text())
     b = m["baseline"]

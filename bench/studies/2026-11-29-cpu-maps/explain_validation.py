@@ -24,24 +24,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stvit import explain as E
 from stvit.maps import attribution as A
 from stvit.maps import render as R
 from stvit.maps import validation as V
-from stvit import train
+from stvit.maps.job import explain_run, plan_maps
+from stvit.training import api
 from stvit.training.api import load_data
+from stvit.training.rundir import load_model
 from stvit.config import Config
 from stvit.data import load_dataset, write_dataset
 from stvit.data.batches import DeviceSplit
 from stvit.data.synth import planted_patterns
-from stvit.errors import run_cli
 from stvit.model.vit import SpatioTemporalClassifier
 from stvit.model.precision import Precision
 
 
-def train_run(out: Path, args: list[str]) -> Config:
-    """`python -m stvit.train ARGS --out OUT`; the run's config."""
-    assert run_cli(train.main, [*args, "--out", str(out), "--quiet"]) == 0, f"training {out} failed"
+def train_run(out: Path, common: dict, seed: int, data: str | None = None) -> Config:
+    """A run of the run API (as `python -m stvit.train` makes it) into OUT; the run's config."""
+    values = {"train.device": "cpu", "train.seed": seed, **({"data.path": data} if data else {})}
+    api.run(api.plan(api.Request(values=values, out=out, quiet=True, **common)))
     return Config.from_dict(json.loads((out / "config.json").read_text()))
 
 
@@ -61,18 +62,15 @@ def explain_model(model: SpatioTemporalClassifier, cfg: Config, data, index: np.
 
 
 def best_model(run: Path) -> SpatioTemporalClassifier:
-    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
-    model = SpatioTemporalClassifier(Config.from_dict(state["config"]).model)
-    model.load_state_dict(state["model"])
-    return model
+    return load_model(run / "checkpoints" / "best.pt", stage="finetune").model
 
 
-def trained_seed(out: Path, common: list[str], explain: list[str], seed: int) -> dict:
+def trained_seed(out: Path, common: dict, explain: dict, seed: int) -> dict:
     """Train and explain one seed; its test metrics, IG completeness and agreement with the planted patterns."""
     t0 = time.perf_counter()
-    train_run(out, [*common, "--seed", str(seed)])
+    train_run(out, common, seed)
     t_train = time.perf_counter() - t0
-    assert run_cli(E.main, [str(out), *explain, "--quiet"]) == 0
+    explain_run(plan_maps(out, device="cpu", **explain), quiet=True)
     record = json.loads((out / "maps" / "maps.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())["test"]
     ig = record["integrated_gradients"]
@@ -84,14 +82,14 @@ def trained_seed(out: Path, common: list[str], explain: list[str], seed: int) ->
             "seconds": {"training": round(t_train, 1), "explain": record["seconds"]}}
 
 
-def controls(out: Path, first: Path, common: list[str], seed: int) -> dict:
+def controls(out: Path, first: Path, common: dict, seed: int) -> dict:
     """The shuffled-label and re-initialized models of the first seed's recipe, on its explained volumes."""
     cfg = Config.from_dict(json.loads((first / "config.json").read_text()))
     record = json.loads((first / "maps" / "maps.json").read_text())
     data = load_data(cfg)
     t0 = time.perf_counter()
     shuffled = shuffled_copy(Path(data.source), out / "shuffled.npz", seed)
-    train_run(out / "shuffled", [*common, "--seed", str(seed), "--data", str(shuffled)])
+    train_run(out / "shuffled", common, seed, data=str(shuffled))
     torch.manual_seed(seed + 1)
     index, steps = np.asarray(record["volumes"]), record["integrated_gradients"]["steps"]
     models = {"shuffled_labels": best_model(out / "shuffled"), "reinitialized": SpatioTemporalClassifier(cfg.model)}
@@ -120,8 +118,8 @@ def main() -> None:
                     help="train and explain the shuffled-label and re-initialized controls of the first seed")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    common = ["--device", "cpu", *(["--preset", "paper", "--config", a.config] if a.config else ["--preset", "demo"])]
-    explain = ["--n", str(a.n), "--steps", str(a.steps)]
+    common = {"preset": "paper", "config_file": a.config} if a.config else {"preset": "demo"}
+    explain = {"n": a.n, "steps": a.steps}
     t0, load = time.perf_counter(), list(os.getloadavg())
     seeds = [trained_seed(a.out / f"seed{s}", common, explain, s) for s in a.seeds]
     result = {
