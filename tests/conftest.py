@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,18 @@ import torch
 # The model and training tests keep calling the plain-torch reference (kernels="eager"), at full speed.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+E2E = Path(__file__).parent / "e2e"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items):
+    """Every test under tests/e2e is marked `e2e` by where it lives, so that a new one cannot forget the marker:
+    `pytest -m "not e2e"` runs the unit tier, `pytest -m e2e` the end-to-end runs and slow compiles."""
+    for item in items:
+        if item.path.is_relative_to(E2E):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(autouse=True)
