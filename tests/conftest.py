@@ -169,14 +169,3 @@ def inductor_code():
         return result, "\n".join(code)
 
     return run
-
-
-# --- C++ inference ---------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def deployed(tmp_path_factory):
-    """The tiny exported model (model.pt2, golden input, sidecar) and the built `stvit_infer`, made once per session
-    for tests/test_export.py and tests/test_cpp_inputs.py (the export and the build are the slow part)."""
-    from test_export import deploy
-
-    return deploy(tmp_path_factory)
