@@ -1,3 +1,5 @@
+"""What both tiers share: Triton's interpreter on a CPU, the `e2e` marker by location, the seed, the tiny data set
+and run config, and the checks of the fused ops. What only tests/e2e uses is in tests/e2e/conftest.py."""
 import os
 from pathlib import Path
 
@@ -29,7 +31,7 @@ def _seed():
     torch.manual_seed(0)
 
 
-# --- a tiny training run ---------------------------------------------------------------------------------------
+# --- a tiny training run: its files here, the finished run in tests/e2e/conftest.py --------------------------------
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
@@ -42,18 +44,6 @@ def tiny(tmp_path_factory):
     cfg = d / "tiny.json"
     cfg.write_text(json.dumps(TINY_RUN))
     return write_tiny_data(d / "tiny.npz"), cfg
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tiny, tmp_path_factory):
-    """A finished tiny run (pre-training, fine-tuning, the test evaluation) for tests to read; a test that changes
-    a run works on a copy."""
-    from helpers import run_main
-
-    data, cfg = tiny
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    assert run_main(["--data", str(data), "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
-    return out
 
 
 # --- fused-op tests ------------------------------------------------------------------------------------------

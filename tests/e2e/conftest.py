@@ -1,6 +1,21 @@
-"""What only the end-to-end tests use, made once per session on first use; a unit test cannot ask for it
-(tests/conftest.py holds what both tiers share)."""
+"""What only the end-to-end tests use: a finished tiny run, and the exported model with the built C++ runner. Both are
+made once per session, on first use; a unit test cannot ask for them (tests/conftest.py holds what both tiers share).
+"""
 import pytest
+
+
+# --- a tiny training run ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny, tmp_path_factory):
+    """A finished tiny run (pre-training, fine-tuning, the test evaluation) for tests to read; a test that changes
+    a run works on a copy."""
+    from helpers import run_main
+
+    data, cfg = tiny
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert run_main(["--data", str(data), "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    return out
 
 
 # --- C++ inference ---------------------------------------------------------------------------------------------
