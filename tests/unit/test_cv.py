@@ -1,12 +1,8 @@
-"""`python -m stvit.cv`: folds grouped by subject, stratified, deterministic; the refusals; a cross-validation
-killed in the middle of a fold and resumed ends with the summary of an uninterrupted one."""
+"""`python -m stvit.cv`: folds grouped by subject, stratified, deterministic; the pooled volumes; the refusals. The
+cross-validation runs (summary, killed and resumed): tests/e2e/test_cv.py."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +13,7 @@ from stvit import data as D
 from stvit.errors import run_cli
 from stvit.training.rundir import RunDir
 
-from helpers import ROOT, TINY_RUN, killer_script, write_tiny_data
+from helpers import TINY_RUN, write_tiny_data
 
 # two short stages: the killer stops the 2nd fine-tune epoch of the first fold
 CV_RUN = {**TINY_RUN, "pretrain": {**TINY_RUN["pretrain"], "epochs": 1},
@@ -89,51 +85,3 @@ def test_refusals_are_one_line_and_write_nothing(tiny, tmp_path, capsys):
     finally:
         busy.close()
     assert list(busy.path.iterdir()) == []
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tiny, tmp_path_factory):
-    data, cfg = tiny
-    out = tmp_path_factory.mktemp("cv") / "whole"
-    assert cv("--data", str(data), "--config", str(cfg), "--out", str(out), "--folds", "2", "--quiet") == 0
-    return out
-
-
-def test_summary_and_folds_on_disk(tiny, uninterrupted):
-    out = uninterrupted
-    summary = json.loads((out / "cv.json").read_text())
-    record = json.loads((out / "folds.json").read_text())
-    ids = np.concatenate([np.load(tiny[0])[k] for k in ("ids_train", "ids_test")])
-    fold = np.array(record["fold"])
-    assert len(fold) == len(ids) == summary["n_volumes"] and not set(ids[fold == 0]) & set(ids[fold == 1])
-    for f, row in enumerate(summary["folds"]):
-        m = json.loads((out / f"fold-{f + 1}" / "metrics.json").read_text())
-        assert row["model"]["accuracy"] == m["test"]["accuracy"] and row["n_test"] == (fold == f).sum()
-        assert row["baseline"]["accuracy"] == m["baseline"]["accuracy"]
-        assert row["difference"]["accuracy"] == pytest.approx(m["test"]["accuracy"] - m["baseline"]["accuracy"])
-    acc = [r["model"]["accuracy"] for r in summary["folds"]]
-    s = summary["summary"]["model"]["accuracy"]
-    half = 12.706204736 * np.std(acc, ddof=1) / np.sqrt(2)  # t(0.975, 1)
-    assert s["mean"] == pytest.approx(np.mean(acc)) and s["ci95"] == pytest.approx([s["mean"] - half, s["mean"] + half])
-    assert (out / "cv.md").read_text().startswith("# Cross-validation: 2 folds")
-    assert (out / "cv_accuracy.png").is_file()
-
-
-def test_killed_cross_validation_resumes_to_the_same_summary(tiny, uninterrupted, tmp_path, capsys):
-    data, cfg = tiny
-    out = tmp_path / "killed"
-    script = killer_script(tmp_path / "killer.py", CV_RUN["finetune"], module="stvit.cv")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(script), "--data", str(data), "--config", str(cfg), "--out", str(out),
-                           "--folds", "2", "--quiet"], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert (out / "fold-1" / "checkpoints" / "last.pt").is_file() and not (out / "fold-1" / "metrics.json").exists()
-    (out / "fold-2").mkdir()
-    (out / "fold-2" / "config.json").write_text("{}")  # a fold stopped before its first checkpoint starts over
-    assert cv("--resume", str(out), "--folds", "3") == 2
-    assert "drop --folds" in capsys.readouterr().err
-    assert cv("--data", str(data), "--out", str(out)) == 2
-    assert "continue it with --resume" in capsys.readouterr().err
-    assert cv("--resume", str(out), "--quiet") == 0
-    assert json.loads((out / "cv.json").read_text()) == json.loads((uninterrupted / "cv.json").read_text())
-    assert json.loads((out / "folds.json").read_text()) == json.loads((uninterrupted / "folds.json").read_text())

@@ -10,7 +10,8 @@ import pytest
 from stvit.data.__main__ import main as data_main
 from stvit.errors import EXIT_BROKEN_PIPE, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import ROOT as REPO
+
 SHAPE = ("--volume-shape", "53", "63", "46")
 
 

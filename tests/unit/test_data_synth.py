@@ -1,21 +1,17 @@
 """The synthetic HCP-like set: real layout, brain-shaped support, z-scored volumes, subject structure,
-determinism, a calibrated difficulty, the built-in cache and the `synth` command."""
+determinism, the planted patterns, the built-in cache. The calibrated difficulty and the `synth` command:
+tests/e2e/test_data_synth.py."""
 import hashlib
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
 
 from stvit.data import builtin_dataset_path, load_dataset, make_synthetic, write_synthetic
-from stvit.data.__main__ import main
 from stvit.data.synth import FACE, SHAPE, SHARED, brain_support, mm_to_voxel, planted_patterns
-from stvit.errors import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import ROOT as REPO
+
 REAL_MASK = REPO.parent / "shared" / "data" / "inbrain_mask.mat"
 
 
@@ -139,19 +135,6 @@ def test_signal_is_spatially_smooth_and_where_it_should_be(small):
     assert diff[ffa] > 0.3 and diff[dorsal] < -0.3  # class 0 "face" up in the fusiform, class 1 "shape" dorsal
 
 
-def test_a_linear_classifier_is_above_chance_but_far_from_perfect():
-    """Calibration: logistic regression on the raw voxels, 800 train / 200 test volumes (new subjects). The
-    background columns are all zero and cannot change an L2 fit, so it runs on the in-brain voxels only."""
-    from sklearn.linear_model import LogisticRegression
-
-    data = make_synthetic(800, 200, seed=0)
-    brain = brain_support()
-    clf = LogisticRegression(max_iter=1000).fit(data.X_train[:, brain], data.y_train)
-    accuracy = clf.score(data.X_test[:, brain], data.y_test)
-    print(f"linear classifier test accuracy: {accuracy:.3f}")
-    assert 0.75 <= accuracy <= 0.90
-
-
 @pytest.mark.parametrize("fmt,suffix", [("mat", ".mat"), ("mat73", ".mat"), ("npz", ".npz")])
 def test_written_in_the_real_layout(tmp_path, small, fmt, suffix):
     path = tmp_path / f"s{suffix}"
@@ -176,18 +159,3 @@ def test_builtin_dataset_is_cached_atomically(tmp_path, monkeypatch):
     assert np.array_equal(data.X_train, make_synthetic(32, 16, seed=3).X_train)
     monkeypatch.setenv("STVIT_CACHE", str(tmp_path / "env"))
     assert builtin_dataset_path(32, 16, seed=3).parent == tmp_path / "env"
-
-
-def test_synth_command(tmp_path, capsys):
-    path = tmp_path / "s.npz"
-    out = subprocess.run([sys.executable, "-m", "stvit.data", "synth", "--out", str(path), "--n-train", "16",
-                          "--n-test", "16", "--seed", "2", "--dtype", "float32"], capture_output=True, text=True,
-                         cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith(f"wrote {path}: 16 train + 16 test volumes, npz, float32")
-    assert run_cli(main, ["synth", "--out", str(path), "--n-train", "16", "--n-test", "16", "--force"]) == 0
-    capsys.readouterr()
-    assert run_cli(main, ["inspect", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert "train: 16 volumes; labels 0: 8, 1: 8; 1 subject (16 volumes each)" in out
-    assert out.rstrip().endswith("valid")

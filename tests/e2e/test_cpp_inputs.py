@@ -2,8 +2,8 @@
 from `scipy.io.loadmat`), big-endian float32, all giving the probabilities of the float32 C-order golden input;
 and malformed headers, crafted and mutated, each refused with one line and exit code 2.
 
-Uses the session's export and build (the `deployed` fixture in conftest.py). The runner loads libtorch on every
-start (~0.4 s), so the many small runs go two at a time.
+Uses the session's export and build (the `deployed` fixture in tests/e2e/conftest.py). The runner loads libtorch on
+every start (~0.4 s), so the many small runs go two at a time.
 """
 import json
 import struct
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from test_export import ATOL, TINY, infer, read_csv
-from test_export import pytestmark  # noqa: F401  (torch's own deprecation notice during the export)
+from e2e.test_export import ATOL, TINY, infer, read_csv
+from e2e.test_export import pytestmark  # noqa: F401  (torch's own deprecation notice during the export)
 
 
 def golden(deployed) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,6 @@
 """One setup for every stage: the trainer, the profiler and the benchmarks step through `stages.setup_stage`, so
-the step the profiler times is the step that trains (same losses on the same batches and noise; the same compiled
-graph), and a stage's masking noise depends only on (seed, epoch)."""
+the step the profiler times is the step that trains (same losses on the same batches and noise), and a stage's
+masking noise depends only on (seed, epoch). The same compiled graph: tests/e2e/test_stages.py."""
 from __future__ import annotations
 
 import pytest
@@ -31,21 +31,6 @@ def test_profiler_steps_are_the_training_steps(stage):
     got = runner.run(3)
     runner.close()
     assert got.loss == want.loss and got.acc == want.acc and got.samples == want.samples == 6
-
-
-def test_profiler_compiles_no_graph_of_its_own():
-    """After a training step has compiled the pretrain graph, the profiler's compiled step reuses it: no new
-    graph and no recompile (Dynamo would raise)."""
-    torch._dynamo.reset()
-    cfg = stage_config(compile=True)
-    X, y = tiny_volumes()
-    training_steps(cfg, "pretrain", X, y, 1)
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    runner = StepRunner(cfg, "pretrain", Variant("eager", True, "device", True), X, y, CPU)
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        runner.run(2)
-    runner.close()
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
 
 
 def test_mask_noise_depends_on_seed_and_epoch_only():

@@ -1,10 +1,10 @@
 """C++ inference: export a tiny trained classifier (torch.export + AOTInductor, CPU), build `stvit_infer` with
 CMake, run it on the golden input and match the eager PyTorch probabilities.
 
-One export and one CMake build serve the whole test session (the `deployed` fixture in conftest.py calls
-`deploy` below; tests/test_cpp_inputs.py uses it too). The build directory is cached under the repository's
+One export and one CMake build serve the whole test session (the `deployed` fixture in tests/e2e/conftest.py calls
+`deploy` below; tests/e2e/test_cpp_inputs.py uses it too). The build directory is cached under the repository's
 `build/` (git-ignored), so a rerun only rebuilds what changed; CI starts from a clean tree. The times of each
-step are printed to the terminal.
+step are printed to the terminal. The Python side (preprocessing, argument errors): tests/unit/test_export.py.
 """
 from __future__ import annotations
 
@@ -27,16 +27,15 @@ import torch.utils
 from stvit.training import checkpoint
 from stvit import export
 from stvit.model import export as EXP
-from stvit.config import Config, DataConfig, ModelConfig
-from stvit.data import zscore_volumes
+from stvit.config import Config, DataConfig
 from stvit.errors import run_cli
-from stvit.model.vit import MAE, SpatioTemporalClassifier
+from stvit.model.vit import SpatioTemporalClassifier
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import ROOT as REPO
+from unit.test_export import TINY
+
 TORCH_CMAKE = torch.utils.cmake_prefix_path
 LOADER_H = Path(torch.__file__).parent / "include/torch/csrc/inductor/aoti_package/model_package_loader.h"
-TINY = ModelConfig(volume=(5, 14, 6), dim=16, depth=1, heads=2, temporal_depth=1, temporal_heads=2, head_hidden=8,
-                   decoder_dim=8, decoder_depth=1, decoder_heads=2, dropout=0.0)
 CLASSES = ("face", "shape")
 ATOL = 1e-4
 
@@ -57,45 +56,6 @@ def tiny_checkpoint(path: Path) -> None:
         loss.backward()
         opt.step()
     checkpoint.save(path, {"stage": "finetune", "model": clf.state_dict(), "config": cfg.to_dict(), "epoch": 1})
-
-
-# --- the Python side: preprocessing and argument errors, no build needed -----------------------------------------------------------
-
-def test_zscore_in_the_package_matches_the_data_loader():
-    x = np.random.default_rng(0).normal(300.0, 40.0, (4, *TINY.volume)).astype(np.float32)
-    x[:, 0] = 0  # background
-    x[3] = 0
-    x[3, 2, 3, 3] = x[3, 2, 3, 4] = 5.0  # a constant volume: only centered
-    want = zscore_volumes(x.copy())
-    got = EXP.zscore(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
-    assert (got[:, 0] == 0).all()
-
-
-def test_export_refuses_a_missing_checkpoint(tmp_path, capsys):
-    rc = run_cli(export.main, ["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "m.pt2")])
-    err = capsys.readouterr().err
-    assert rc == 2 and err == f"error: {tmp_path / 'nope.pt'}: no such checkpoint\n"
-    assert not (tmp_path / "m.pt2").exists()
-
-
-def test_export_refuses_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
-    bad = tmp_path / "junk.pt"
-    bad.write_bytes(b"\x00not a checkpoint" * 10)
-    rc = run_cli(export.main, ["--checkpoint", str(bad), "--out", str(tmp_path / "m.pt2")])
-    err = capsys.readouterr().err
-    assert rc == 2 and err.startswith(f"error: {bad}: cannot read checkpoint") and err.count("\n") == 1
-
-
-def test_export_refuses_a_pretraining_checkpoint(tmp_path, capsys):
-    """What the pretrain stage writes (checkpoints/pretrain.pt: the MAE's weights) is named as such."""
-    path = tmp_path / "pretrain.pt"
-    cfg = Config(preset="demo", model=TINY)
-    checkpoint.save(path, {"stage": "pretrain", "model": MAE(cfg.model).state_dict(), "config": cfg.to_dict(),
-                           "epoch": 1})
-    rc = run_cli(export.main, ["--checkpoint", str(path), "--out", str(tmp_path / "m.pt2")])
-    err = capsys.readouterr().err
-    assert rc == 2 and "holds the pretrain stage's model" in err and err.count("\n") == 1
 
 
 # --- export + CMake build, once per session ---------------------------------------------------------------------
