@@ -225,3 +225,34 @@ def test_predict_refuses_volumes_of_another_shape(fitted):
     est = fitted[0]
     with pytest.raises(InputError, match=r"X is 2 x 53 x 63 x 46, expected N volumes of 5 x 14 x 6"):
         est.predict(np.zeros((2, 53, 63, 46), np.float32))
+
+
+# --- inside scikit-learn's model selection -------------------------------------------------------------------------
+
+def test_cross_val_score_with_group_kfold_gives_every_fold_its_own_grouped_run(tmp_path):
+    """cross_val_score clones the estimator per fold; `groups=` makes the folds (whole subjects), `params` hands
+    each fold's subjects to fit, whose validation split then takes whole subjects of the fold's training part."""
+    import json
+
+    from sklearn.model_selection import GroupKFold, cross_val_score
+
+    X, y, g = volumes(36)
+    est = estimator(run_dir=tmp_path / "runs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # an ungrouped validation split would warn
+        scores = cross_val_score(est, X, y, groups=g, cv=GroupKFold(n_splits=3), params={"groups": g})
+    assert scores.shape == (3,) and ((0 <= scores) & (scores <= 1)).all()
+    assert not hasattr(est, "classes_")  # the original is never fitted: clones are
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert [r.name for r in runs] == ["fit-001", "fit-002", "fit-003"]
+    for run, (train, test) in zip(runs, GroupKFold(n_splits=3).split(X, y, g)):
+        split = json.loads((run / "split.json").read_text())
+        assert split["grouped_by_subject"] and split["n_train"] + split["n_val"] == len(train)
+        assert set(split["val_subjects"]) <= set(g[train]) and not set(split["val_subjects"]) & set(g[test])
+
+
+def test_fit_without_groups_warns_that_validation_is_not_by_subject():
+    X, y, _ = volumes(16)
+    with pytest.warns(UserWarning, match="no subject ids: the validation split is stratified random"):
+        est = estimator().fit(X, y)
+    assert est.run_dir_ is None and est.history_  # a temporary run directory, gone; its log kept
