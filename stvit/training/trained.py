@@ -246,6 +246,8 @@ def read_inputs(path, run: TrainedRun, *, clean: bool = True, tr: float | None =
     run's data with the run's config), or a NIfTI series in MNI space (`series.read_series`: resampled to the grid,
     cleaned unless `clean` is False, z-scored). DataError / UserError naming the file otherwise."""
     path = Path(path)
+    if tr is not None and not (np.isfinite(tr) and tr > 0):
+        raise UserError(f"--tr must be a repetition time in seconds > 0, got {tr:g}")
     if not path.exists():
         raise DataError("no such file or folder", path)
     if is_nifti(path):

@@ -252,7 +252,13 @@ def test_cross_val_score_with_group_kfold_gives_every_fold_its_own_grouped_run(t
 
 
 def test_fit_without_groups_warns_that_validation_is_not_by_subject():
+    """And a column of labels is taken with scikit-learn's warning (check_supervised_y_2d)."""
+    from sklearn.exceptions import DataConversionWarning
+
     X, y, _ = volumes(16)
-    with pytest.warns(UserWarning, match="no subject ids: the validation split is stratified random"):
-        est = estimator().fit(X, y)
-    assert est.run_dir_ is None and est.history_  # a temporary run directory, gone; its log kept
+    with pytest.warns(UserWarning) as caught:
+        est = estimator().fit(X, y[:, None])
+    said = [str(w.message) for w in caught]
+    assert any("no subject ids: the validation split is stratified random" in m for m in said), said
+    assert any(issubclass(w.category, DataConversionWarning) for w in caught), said
+    assert est.predict(X).shape == (16,) and est.run_dir_ is None and est.history_  # temporary run gone, log kept

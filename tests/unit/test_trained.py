@@ -113,6 +113,7 @@ def test_a_run_that_did_not_finish_fine_tuning_is_refused(state, match, tiny, ti
     ("not data", "not a MAT (v5/v7/v7.3), HDF5 or .npz file"),
     ("missing", "no such file or folder"),
     ("batch", "batch_size must be >= 1"),
+    ("tr", "--tr must be a repetition time in seconds > 0, got -1"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(case, match, tiny, tiny_run, tmp_path, capsys):
     out, data, extra = tmp_path / "p.csv", str(tiny[0]), []
@@ -130,8 +131,21 @@ def test_bad_input_is_one_line_and_writes_nothing(case, match, tiny, tiny_run, t
         data = str(tmp_path / "absent.npz")
     elif case == "batch":
         extra = ["--batch-size", "0"]
+    elif case == "tr":
+        extra = ["--tr", "-1"]
     for main in (predict.main, embed.main):
         assert run_cli(main, [str(tiny_run), data, "--out", str(out), *extra]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ") and match in err, err
         assert out.read_text() == "keep me" if case == "existing out" else not out.exists()
+
+
+@pytest.mark.parametrize("command", [predict, embed])
+def test_every_flag_says_what_it_does(command):
+    import argparse
+
+    ap = command.build_parser()
+    for action in ap._actions:
+        if not isinstance(action, argparse._HelpAction):
+            assert action.help and len(action.help) > 15, action.dest
+    assert "default: None" not in ap.format_help()
