@@ -160,6 +160,10 @@ class STViTClassifier(ClassifierMixin, BaseEstimator):
                 api.run(plan)
                 model = trained.load(out, device=plan.cfg.train.device, precision="auto")
                 history = read_log(out / "log.jsonl")
+            except BaseException:
+                if not temporary and out.is_dir() and not any(out.iterdir()):
+                    out.rmdir()  # refused before its first write: leave no empty fit folder
+                raise
             finally:
                 if temporary:
                     shutil.rmtree(out.parent, ignore_errors=True)

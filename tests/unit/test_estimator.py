@@ -262,3 +262,12 @@ def test_fit_without_groups_warns_that_validation_is_not_by_subject():
     assert any("no subject ids: the validation split is stratified random" in m for m in said), said
     assert any(issubclass(w.category, DataConversionWarning) for w in caught), said
     assert est.predict(X).shape == (16,) and est.run_dir_ is None and est.history_  # temporary run gone, log kept
+
+
+def test_a_fit_refused_by_the_run_api_leaves_no_run_folder(tmp_path):
+    """The run API's own checks (here: fewer training volumes than one batch) stop a fit before anything is written."""
+    X, y, g = volumes(8)
+    est = stvit.STViTClassifier(config={**FAST, "train": {**FAST["train"], "batch_size": 64}}, run_dir=tmp_path / "runs")
+    with pytest.raises(ValueError, match="fewer than one batch of 64"):
+        est.fit(X, y, groups=g)
+    assert list((tmp_path / "runs").iterdir()) == []
