@@ -33,9 +33,7 @@ def build_parser(argv=None):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
-    out = trained.check_out(args.out)
-    run = trained.load(args.run_dir, device=args.device or "auto", precision=args.precision or "auto")
-    inputs = trained.read_inputs(args.input, run, clean=args.clean, tr=args.tr)
+    out, run, inputs = trained.open_inputs(args)
     level = "both" if args.slices else "volume"
     parts = [run.embed(part, level, batch_size=args.batch_size, prepared=True) for part in inputs.parts]
     arrays = {"volume": np.concatenate([p[1] if args.slices else p for p in parts])}

@@ -35,9 +35,7 @@ def build_parser(argv=None):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
-    out = trained.check_out(args.out)
-    run = trained.load(args.run_dir, device=args.device or "auto", precision=args.precision or "auto")
-    inputs = trained.read_inputs(args.input, run, clean=args.clean, tr=args.tr)
+    out, run, inputs = trained.open_inputs(args)
     probs = np.concatenate([run.predict_proba(part, batch_size=args.batch_size, prepared=True)
                             for part in inputs.parts])
     text = trained.predictions_table(inputs, probs, run.classes)

@@ -338,6 +338,14 @@ def add_input_flags(ap, argv=None) -> None:
         "--precision": "auto (the run's setting on this device), fp32, bf16 or fp16; default: auto"})
 
 
+def open_inputs(args) -> tuple[Path, "TrainedRun", Inputs]:
+    """What predict and embed do first, in this order so that nothing is loaded for an output that cannot be
+    written: the new output file, the run's model on the asked device and precision, INPUT read as the run reads."""
+    out = check_out(args.out)
+    run = load(args.run_dir, device=args.device or "auto", precision=args.precision or "auto")
+    return out, run, read_inputs(args.input, run, clean=args.clean, tr=args.tr)
+
+
 def embedding_rows(inputs: Inputs, run: TrainedRun) -> dict[str, np.ndarray]:
     """What `python -m stvit.embed` stores beside the embeddings: per volume split, index, time, subject, label
     (-1 when unknown); the class names, the run directory and the input."""
