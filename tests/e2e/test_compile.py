@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 
-import pytest
 import torch
 
 from stvit.training import engine
