@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -139,3 +139,36 @@ def baseline_metrics(data, index: dict[str, np.ndarray], class_names: Sequence[s
         "seconds": round(time.perf_counter() - t0, 2),
     }
     return section, probs
+
+
+def refitter(Xtr: np.ndarray, Xte: np.ndarray, C: float, num_classes: int, rtol: float = 1e-6,
+             **logreg: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """fit_predict(labels) -> test predictions (M,), for the baseline's permutation null (`stats.refit_null`): the
+    L2 logistic regression with the chosen C fitted again on the standardized training features Xtr (N, V) with the
+    given labels (N,), predicting the standardized test features Xte (M, V).
+
+    Each refit costs an (N, N) problem instead of an (N, V) one, exactly: the L2-penalized solution lies in the row
+    space of Xtr (the representer theorem: a weight component orthogonal to every training row changes no training
+    score and adds to the penalty), so with the thin decomposition Xtr = U S W^T the fit on the coordinates Z = U S
+    with the same C has the same decision function, and a test row's coordinates are S^-1 U^T Xtr x. U and S come
+    from the eigendecomposition of the Gram matrix Xtr Xtr^T; directions whose eigenvalue is below `rtol` times the
+    largest are dropped (no variance in the training rows). `logreg`: LogisticRegression's other arguments."""
+    from sklearn.linear_model import LogisticRegression
+
+    gram = Xtr @ Xtr.T  # (N, N)
+    eig, U = np.linalg.eigh(gram.astype(np.float64))
+    keep = eig > rtol * eig.max()
+    scale = np.sqrt(eig[keep])
+    Z = U[:, keep] * scale  # (N, r) = U S
+    Zte = (Xte @ Xtr.T).astype(np.float64) @ (U[:, keep] / scale)  # (M, r) = Xte W = (Xte Xtr^T) U S^-1
+    args = {"C": C, "max_iter": MAX_ITER, **logreg}
+
+    def fit_predict(labels: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            from sklearn.exceptions import ConvergenceWarning
+
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf = LogisticRegression(**args).fit(Z, labels)
+        return class_probs(clf, Zte, num_classes).argmax(1)
+
+    return fit_predict
