@@ -47,7 +47,7 @@ BLOCK_ASSUMPTION = ("the conditions of a run's blocks are taken to be exchangeab
                     "randomized, the usual approximation for a fixed or counterbalanced order")
 
 
-# --- small helpers ---------------------------------------------------------------------------------------------------
+# --- small helpers ----------------------------------------------------------------------------------------------------
 
 def number(x: Any) -> float | None:
     """A finite float, or None (strict JSON has no NaN or Infinity)."""
@@ -84,7 +84,7 @@ def codes(*columns: np.ndarray | None) -> np.ndarray | None:
     return np.unique(key, return_inverse=True)[1].astype(np.int64).ravel()
 
 
-# --- accuracy and chance ---------------------------------------------------------------------------------------------
+# --- accuracy and chance ----------------------------------------------------------------------------------------------
 
 def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     """Mean over the classes present in y (N,) of their recall (scikit-learn's `balanced_accuracy_score`; a
@@ -111,7 +111,7 @@ def binomial_test(n_correct: int, n: int, chance: float) -> dict[str, Any]:
                       "volumes as independent"}
 
 
-# --- the grouping unit -----------------------------------------------------------------------------------------------
+# --- the grouping unit ------------------------------------------------------------------------------------------------
 
 @dataclass
 class Units:
@@ -156,7 +156,7 @@ def unit_accuracy(y: np.ndarray, pred: np.ndarray, units: Units) -> dict[str, An
             "rows": [{"id": units.ids[i], "n": int(n_u[i]), "accuracy": float(acc[i])} for i in range(units.n)]}
 
 
-# --- exchangeability blocks ------------------------------------------------------------------------------------------
+# --- exchangeability blocks -------------------------------------------------------------------------------------------
 
 @dataclass
 class Blocks:
@@ -208,7 +208,7 @@ def exchangeability_blocks(y: np.ndarray, meta: Mapping[str, np.ndarray | None] 
             unit = np.empty(n, np.int64)
             unit[order] = np.cumsum(new) - 1
             return Blocks(unit, g[new], "blocks", within, None)
-        caveat = "times repeat within a group (runs not known?); " + VOLUME_CAVEAT
+        caveat = "times are missing or repeat within a group (runs not known?); " + VOLUME_CAVEAT
     else:
         caveat = VOLUME_CAVEAT
     return Blocks(np.arange(n, dtype=np.int64), group, "volumes", within, caveat)
@@ -267,7 +267,12 @@ def null_summary(null: np.ndarray, observed: float) -> dict[str, Any]:
     """Mean, sd, 95th and 99th percentiles, max and a histogram (edges, counts) of a null distribution (P,), with
     p = (1 + #{null >= observed}) / (1 + P)."""
     null = np.asarray(null, np.float64)
-    counts, edges = np.histogram(null, bins=HISTOGRAM_BINS)
+    values, counts = np.unique(null, return_counts=True)
+    if 2 <= len(values) <= 2 * HISTOGRAM_BINS:  # a discrete null (accuracy = count / N): one bar per value
+        half = np.diff(values).min() / 2
+        edges = np.r_[values[0] - half, (values[1:] + values[:-1]) / 2, values[-1] + half]
+    else:
+        counts, edges = np.histogram(null, bins=HISTOGRAM_BINS)
     return {"p": float((1 + np.sum(null >= observed - 1e-12)) / (1 + len(null))), "n_permutations": int(len(null)),
             "mean": float(null.mean()), "sd": float(null.std(ddof=1)) if len(null) > 1 else None,
             "q95": float(np.quantile(null, 0.95)), "q99": float(np.quantile(null, 0.99)), "max": float(null.max()),
@@ -312,8 +317,8 @@ def permutation_test(y: np.ndarray, pred: np.ndarray, blocks: Blocks, n_perm: in
 
 def refit_null(fit_predict: Callable[[np.ndarray], np.ndarray], y_train: np.ndarray, train_blocks: Blocks,
                y_test: np.ndarray, observed: float, n_perm: int = 100, seed: int = 0) -> dict[str, Any]:
-    """Permutation null of a classifier that is fitted again on each permutation (a linear baseline is cheap to refit):
-    the training labels y_train (N_train,) permuted within `train_blocks`; fit_predict(permuted labels) returns the
+    """Permutation null of a classifier fitted again on each permutation (a linear baseline is cheap to refit): the
+    training labels y_train (N_train,) permuted within `train_blocks`; fit_predict(permuted labels) returns the
     test predictions (N_test,), scored against y_test. p as in `permutation_test`, against the `observed` accuracy
     of the fit on the true labels."""
     t0 = time.perf_counter()
@@ -326,7 +331,7 @@ def refit_null(fit_predict: Callable[[np.ndarray], np.ndarray], y_train: np.ndar
             "seconds_per_permutation": round(seconds / max(n_perm, 1), 4)}
 
 
-# --- intervals and the paired comparison --------------------------------------------------------------------------------
+# --- intervals and the paired comparison ------------------------------------------------------------------------------
 
 def bootstrap_weights(units: Units, n_boot: int, seed: int) -> np.ndarray:
     """(n_boot, n_units) how many times each unit is drawn in each resample (units drawn with replacement, as many
@@ -397,6 +402,7 @@ def paired_comparison(y: np.ndarray, pred: np.ndarray, pred_baseline: np.ndarray
     y, pred, pred_baseline = (np.asarray(a) for a in (y, pred, pred_baseline))
     m, b = pred == y, pred_baseline == y
     out = {"model_accuracy": float(m.mean()), "baseline_accuracy": float(b.mean()),
+           "baseline_balanced_accuracy": balanced_accuracy(y, pred_baseline),
            "difference": float(m.mean() - b.mean()), "ci": None, "baseline_ci": None, "level": level,
            "unit": units.name, "n_units": units.n, "n_boot": int(n_boot), "seed": int(seed),
            "method": f"percentile bootstrap, resampling {units.name} with replacement",
@@ -408,7 +414,7 @@ def paired_comparison(y: np.ndarray, pred: np.ndarray, pred_baseline: np.ndarray
     return out
 
 
-# --- across folds ----------------------------------------------------------------------------------------------------
+# --- across folds -----------------------------------------------------------------------------------------------------
 
 def ttest_row(mean: float, var_of_mean: float, df: int, level: float) -> dict[str, Any]:
     """t, two-sided p and the interval mean +- t(level) * se for a mean with the given variance; None where the
@@ -511,12 +517,15 @@ def cv_null(observed: float, null: Sequence[float], seconds_per_permutation: flo
             "seconds_per_permutation": number(seconds_per_permutation)}
 
 
-# --- in words --------------------------------------------------------------------------------------------------------
+# --- in words ---------------------------------------------------------------------------------------------------------
 
 def fmt_p(p: float, floor: float | None = 0.001) -> str:
-    """'p < 0.001' below `floor`, else 'p = ' and two significant digits ('p = 0.21', 'p = 0.0001')."""
+    """'p < 0.001' below `floor`, else 'p = ' and two decimals from 0.1 ('p = 0.80'), two significant digits below
+    ('p = 0.045', 'p = 0.0001')."""
     if floor is not None and p < floor:
         return f"p < {floor:g}"
+    if p >= 0.1:
+        return f"p = {p:.2f}"
     return "p = " + np.format_float_positional(p, precision=2, unique=False, fractional=False, trim="-")
 
 
@@ -524,24 +533,37 @@ def fmt_range(ci: list[float] | None, digits: int = 2) -> str:
     return "n/a" if ci is None else f"{ci[0]:.{digits}f} to {ci[1]:.{digits}f}"
 
 
-def sentence(s: dict[str, Any], baseline: str = "the logistic baseline") -> str:
-    """One plain-English sentence of `run_statistics`' result."""
-    perm, chance, units, per = s["permutation"], s["chance"], s["units"], s["per_unit"]
-    above = perm["p"] < ALPHA
-    if units["name"] == "volumes":
-        where = f"on {s['n']:,} volumes"
-    else:
-        where = f"on {s['n']:,} volumes of {units['n']} {units['name']}"
+def where(s: dict[str, Any]) -> str:
+    """'on 320 volumes of 20 subjects' (the volumes alone when no unit is known)."""
+    units = s["units"]
+    return f"on {s['n']:,} volumes" + ("" if units["name"] == "volumes" else f" of {units['n']} {units['name']}")
+
+
+def against_chance(s: dict[str, Any], null: dict[str, Any] | None = None) -> str:
+    """'above the chance level of 0.500 (exact binomial ...; block permutation ...)' of a `run_statistics` result;
+    with a cross-validated `null`, that null decides and is named last."""
+    perm, chance = s["permutation"], s["chance"]
     kind = "block" if perm["units"] == "blocks" else "volume"
     what = f"whole blocks within {perm['within']}" if perm["units"] == "blocks" else \
         f"volume labels within {perm['within']}"
-    text = (f"Test accuracy {s['accuracy']:.3f} (balanced {s['balanced_accuracy']:.3f}) {where}, "
-            f"{'above' if above else 'not distinguishable from'} the chance level of {chance['majority']:.3f} "
+    p = (null or perm)["p"]
+    text = (f"{'above' if p < ALPHA else 'not distinguishable from'} the chance level of {chance['majority']:.3f} "
             f"(exact binomial {fmt_p(s['binomial']['p'])}; {kind} permutation {fmt_p(perm['p'], None)}, "
             f"{perm['n_permutations']:,} permutations of {what}"
-            + ("; volumes are not independent, so this p is optimistic" if perm["caveat"] else "") + ")")
+            + ("; volumes are not independent, so this p is optimistic" if perm["caveat"] else ""))
+    if null is not None:
+        text += (f"; cross-validated null {fmt_p(null['p'], None)}, {null['n_permutations']:,} cross-validations on "
+                 "permuted labels")
+    return text + ")"
+
+
+def sentence(s: dict[str, Any], baseline: str = "the logistic baseline") -> str:
+    """One plain-English sentence of `run_statistics`' result."""
+    per = s["per_unit"]
+    text = (f"Test accuracy {s['accuracy']:.3f} (balanced {s['balanced_accuracy']:.3f}) {where(s)}, "
+            f"{against_chance(s)}")
     if per is not None and per["sd"] is not None:
-        text += (f"; per {units['name'][:-1]} {per['mean']:.2f} ± {per['sd']:.2f} "
+        text += (f"; per {per['unit'][:-1]} {per['mean']:.2f} ± {per['sd']:.2f} "
                  f"({per['min']:.2f}-{per['max']:.2f})")
     b = s.get("baseline")
     if b is not None:
@@ -554,16 +576,13 @@ def sentence(s: dict[str, Any], baseline: str = "the logistic baseline") -> str:
 
 
 def cv_sentence(cv: dict[str, Any], baseline: str = "the logistic baseline") -> str:
-    """One plain-English sentence of `cv_statistics`' result (and the cross-validated null, under `cv['null']`)."""
+    """One plain-English sentence of `cv_statistics`' result (and of the cross-validated null, `cv['null']`, when
+    there is one: it then decides whether the accuracy is above chance)."""
     pooled = cv["pooled"]
-    perm, ci = pooled["permutation"], pooled["interval"]
+    ci = pooled["interval"]
     text = (f"Cross-validated accuracy {pooled['accuracy']:.3f} (balanced {pooled['balanced_accuracy']:.3f}; "
-            f"95% CI {fmt_range(ci['accuracy'], 3)} by resampling {ci['unit']}) over {cv['k']} folds, "
-            f"chance {pooled['chance']['majority']:.3f} (pooled predictions, permutation {fmt_p(perm['p'], None)}")
-    null = cv.get("null")
-    if null is not None:
-        text += f"; cross-validated null of {null['n_permutations']:,} reruns, {fmt_p(null['p'], None)}"
-    text += ")"
+            f"95% CI {fmt_range(ci['accuracy'], 3)} by resampling {ci['unit']}) over {cv['k']} folds "
+            f"{where(pooled)}, {against_chance(pooled, cv.get('null'))}")
     c = cv.get("comparison")
     if c is not None and c["corrected"] is not None:
         corr, plain = c["corrected"], c["plain"]
