@@ -7,7 +7,7 @@ writes a file. Every part is optional: what a folder lacks is left out of the pa
                      `provenance`: command, versions, commit, started, host), log.jsonl, split.json,
                      predictions.npz (the ROC curves), figures/*.png, maps/maps.json and maps/<map>_{stat,glass}.png
     cv directory     config.json, cv.json (its `stats`: `stats.cv_statistics`, and `null`: `stats.cv_null`; its
-                     optional `provenance`), folds.json, cv_accuracy.png, fold-k/metrics.json
+                     optional `provenance`; its per-fold rows), folds.json, cv_accuracy.png
 
 The page is one HTML file with nothing outside it: figures are PNG data URIs (drawn by matplotlib, or read from the
 folder), the style is inline, there is no script, no font, no link; a Content-Security-Policy forbids everything
@@ -44,7 +44,8 @@ def read_json(path: Path) -> Any:
 
 
 def read_log(path: Path) -> list[dict]:
-    """log.jsonl's records (a torn last line left out), [] without the file."""
+    """log.jsonl's records (a torn last line left out), [] without the file; `rundir.read_log`, imported only here
+    since the run directory module imports torch."""
     from stvit.training.rundir import read_log as read
 
     return read(path)
@@ -224,8 +225,8 @@ def what_rows(folder: Path, cfg: dict | None, metrics: dict | None, split: dict 
     if metrics.get("class_names"):
         rows.append(("Classes", ", ".join(f"{i} = {n}" for i, n in enumerate(metrics["class_names"]))))
     if kern:
-        rows.append(("Device, precision", f"{kern.get('device')} ({train.get('device', '?')} asked), "
-                                          f"{kern.get('dtype')} ({train.get('precision', '?')} asked)"))
+        rows.append(("Device, precision", f"{kern.get('device')} (asked: {train.get('device', '?')}), "
+                                          f"{kern.get('dtype')} (asked: {train.get('precision', '?')})"))
         fused = [op for op, v in (kern.get("ops") or {}).items() if v.get("fused")]
         rows.append(("Kernels", f"{kern.get('mode')}: fused {', '.join(fused) if fused else 'none'}"))
     if cfg:
@@ -286,12 +287,7 @@ def run_context(folder: Path | str) -> dict[str, Any]:
         notes.append("metrics.json has no statistics (a run evaluated before they were computed)")
     figures += [image(folder / "figures" / name, title) for name, title in CURVES]
     figures.append(image(folder / "figures" / "confusion_matrix.png", "Confusion matrix, test split"))
-    pred = np.load(folder / "predictions.npz") if (folder / "predictions.npz").is_file() else None
-    if pred is not None and pred["test_probs"].shape[1] == 2 and len(np.unique(pred["test_labels"])) == 2:
-        curves = [("model", pred["test_probs"][:, 1])]
-        if "baseline_test_probs" in pred:
-            curves.append(("baseline", pred["baseline_test_probs"][:, 1]))
-        figures.append({"title": "ROC curves", "uri": data_uri(roc_figure(pred["test_labels"], curves))})
+    figures.append(roc_image(folder / "predictions.npz"))
     if stats is not None:
         figures.append({"title": "Permutation test", "uri": data_uri(null_figure(
             stats["permutation"], stats["chance"]["majority"], "test accuracy against its permutation null"))})
@@ -311,6 +307,21 @@ def run_context(folder: Path | str) -> dict[str, Any]:
         "maps": maps_context(folder / "maps"), "timing": timing_rows(records, metrics),
         "config": json.dumps(cfg, indent=2) if cfg else None,
     }
+
+
+def roc_image(path: Path) -> dict[str, str] | None:
+    """{title, uri} of the ROC curves of predictions.npz (model and baseline), None without the file or for other
+    than two classes."""
+    if not path.is_file():
+        return None
+    with np.load(path) as pred:
+        y, probs = pred["test_labels"], pred["test_probs"]
+        if probs.shape[1] != 2 or len(np.unique(y)) != 2:
+            return None
+        curves = [("model", probs[:, 1])]
+        if "baseline_test_probs" in pred:
+            curves.append(("baseline", pred["baseline_test_probs"][:, 1]))
+        return {"title": "ROC curves", "uri": data_uri(roc_figure(y, curves))}
 
 
 def maps_context(folder: Path) -> dict[str, Any] | None:
