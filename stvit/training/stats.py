@@ -318,17 +318,42 @@ def permutation_test(y: np.ndarray, pred: np.ndarray, blocks: Blocks, n_perm: in
 def refit_null(fit_predict: Callable[[np.ndarray], np.ndarray], y_train: np.ndarray, train_blocks: Blocks,
                y_test: np.ndarray, observed: float, n_perm: int = 100, seed: int = 0) -> dict[str, Any]:
     """Permutation null of a classifier fitted again on each permutation (a linear baseline is cheap to refit): the
-    training labels y_train (N_train,) permuted within `train_blocks`; fit_predict(permuted labels) returns the
-    test predictions (N_test,), scored against y_test. p as in `permutation_test`, against the `observed` accuracy
+    training labels y_train (N_train,) permuted within `train_blocks`; fit_predict(labels (P, N_train)) returns the
+    test predictions (P, N_test), scored against y_test. p as in `permutation_test`, against the `observed` accuracy
     of the fit on the true labels."""
     t0 = time.perf_counter()
     labels = unit_labels(np.asarray(y_train, np.int64), train_blocks)
     idx = permutation_indices(train_blocks.group, n_perm, np.random.default_rng(seed))
-    null = np.array([np.mean(fit_predict(labels[i][train_blocks.unit]) == y_test) for i in idx])
+    null = np.mean(np.asarray(fit_predict(labels[idx][:, train_blocks.unit])) == np.asarray(y_test), axis=1)
     seconds = time.perf_counter() - t0
     return {"statistic": "accuracy", "observed": float(observed), **null_summary(null, observed), "seed": int(seed),
             **train_blocks.describe(), "refit": True, "seconds": round(seconds, 3),
             "seconds_per_permutation": round(seconds / max(n_perm, 1), 4)}
+
+
+def permuted_label_matrix(y: np.ndarray, blocks: Blocks, seeds: Sequence[Any]) -> np.ndarray:
+    """(P, N) the labels y (N,) permuted within `blocks`, row i as `permuted_labels(y, blocks, seeds[i])`."""
+    return np.stack([permuted_labels(y, blocks, s) for s in seeds]) if len(seeds) else np.empty((0, len(y)), np.int64)
+
+
+def cv_refit_null(folds: Sequence[tuple[Callable[[np.ndarray], np.ndarray], np.ndarray, np.ndarray]], y: np.ndarray,
+                  blocks: Blocks, observed: float, seeds: Sequence[Any]) -> dict[str, Any]:
+    """The cross-validated permutation null of a classifier refitted in every fold: permutation i permutes the
+    labels y (N,) of the whole pool within `blocks` (`permuted_labels(y, blocks, seeds[i])`, the labels of the
+    model's cross-validated permutation i), and in each fold (fit_predict, training rows, test rows) the fit to
+    the permuted training labels predicts the test rows, scored against their permuted labels; the statistic is the
+    pooled accuracy over the folds' test rows, against the `observed` one of the fits to the true labels."""
+    t0 = time.perf_counter()
+    L = permuted_label_matrix(np.asarray(y, np.int64), blocks, seeds)  # (P, N)
+    correct, total = np.zeros(len(L)), 0
+    for fit_predict, train, test in folds:
+        correct += np.sum(np.asarray(fit_predict(L[:, train])) == L[:, test], axis=1)
+        total += len(test)
+    null = correct / total
+    seconds = time.perf_counter() - t0
+    return {"statistic": "cross-validated accuracy", "observed": float(observed), **null_summary(null, observed),
+            **blocks.describe(), "refit": True, "seconds": round(seconds, 3),
+            "seconds_per_permutation": round(seconds / max(len(L), 1), 4)}
 
 
 # --- intervals and the paired comparison ------------------------------------------------------------------------------
@@ -377,6 +402,8 @@ def accuracy_interval(y: np.ndarray, pred: np.ndarray, units: Units, score: np.n
            "roc_auc": None}
     if units.n < 2:
         return {**out, "method": f"none: one of {units.name}, nothing to resample"}
+    if n_boot == 0:
+        return {**out, "method": "none: no resamples asked for (train.permutations 0)"}
     w = bootstrap_weights(units, n_boot, seed)
     out["accuracy"] = interval(replicate_accuracy(w, np.asarray(pred) == np.asarray(y), units), level)
     if score is not None and set(np.unique(y)) <= {0, 1}:
@@ -407,10 +434,49 @@ def paired_comparison(y: np.ndarray, pred: np.ndarray, pred_baseline: np.ndarray
            "unit": units.name, "n_units": units.n, "n_boot": int(n_boot), "seed": int(seed),
            "method": f"percentile bootstrap, resampling {units.name} with replacement",
            "mcnemar": mcnemar(y, pred, pred_baseline)}
-    if units.n >= 2:
+    if units.n >= 2 and n_boot > 0:
         w = bootstrap_weights(units, n_boot, seed)
         acc_m, acc_b = replicate_accuracy(w, m, units), replicate_accuracy(w, b, units)
         out.update(ci=interval(acc_m - acc_b, level), baseline_ci=interval(acc_b, level))
+    return out
+
+
+def fold_mean_intervals(y: np.ndarray, fold: np.ndarray, units: Units, scores: Mapping[str, tuple[np.ndarray,
+                        np.ndarray | None]], n_boot: int = N_BOOTSTRAP, seed: int = 0,
+                        level: float = LEVEL) -> dict[str, Any]:
+    """Percentile intervals of the mean over folds of the folds' test accuracy and ROC-AUC, for each classifier of
+    `scores` ({name: (predictions (N,), score of class 1 (N,) or None)}) and, with two classifiers, for their paired
+    difference (first - second). Each replicate resamples the test units of every fold with replacement within that
+    fold (every unit lies in one fold's test part), the folds' trained models held fixed: the intervals bound the
+    test sampling, not the training's variation; a mean of accuracies or ROC-AUCs stays within [0, 1].
+    y, fold (N,): labels, fold in [0, K)."""
+    y, fold = np.asarray(y), np.asarray(fold, np.int64)
+    k = int(fold.max()) + 1
+    names = list(scores)
+    out = {"level": level, "unit": units.name, "n_boot": int(n_boot), "seed": int(seed),
+           "method": f"percentile bootstrap of the mean over folds, resampling {units.name} within each fold",
+           **{n: {"accuracy": None, "roc_auc": None} for n in names}}
+    if len(names) == 2:
+        out["difference"] = {"accuracy": None, "roc_auc": None}
+    if n_boot == 0:
+        return {**out, "method": "none: no resamples asked for"}
+    reps = {(n, m): np.zeros(n_boot) for n in names for m in ("accuracy", "roc_auc")}
+    binary = set(np.unique(y)) <= {0, 1}
+    for f in range(k):
+        rows = fold == f
+        ids, code = np.unique(units.code[rows], return_inverse=True)
+        part = Units(code.astype(np.int64).ravel(), [units.ids[i] for i in ids], units.name)
+        w = bootstrap_weights(part, n_boot, seed + f)
+        for n, (pred, score) in scores.items():
+            reps[n, "accuracy"] += replicate_accuracy(w, np.asarray(pred)[rows] == y[rows], part) / k
+            auc = replicate_auc(w, y[rows], np.asarray(score, np.float64)[rows], part) \
+                if score is not None and binary else np.full(n_boot, np.nan)
+            reps[n, "roc_auc"] += auc / k
+    for m in ("accuracy", "roc_auc"):
+        for n in names:
+            out[n][m] = interval(reps[n, m], level)
+        if len(names) == 2:
+            out["difference"][m] = interval(reps[names[0], m] - reps[names[1], m], level)
     return out
 
 
@@ -458,7 +524,8 @@ def run_statistics(y: np.ndarray, probs: np.ndarray, num_classes: int,
                    n_perm: int = N_PERMUTATIONS, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
     """Every statistic of one test set: labels y (N,), class probabilities probs (N, C) of the model (and of the
     baseline), per-volume `meta` (subject, session, run, onset, volume; each optional, (N,)). The layout of
-    metrics.json's `stats` (see the module's docstring for the methods)."""
+    metrics.json's `stats` (see the module's docstring for the methods). n_perm 0: no permutation test
+    (`permutation` None); n_boot 0: no intervals."""
     t0 = time.perf_counter()
     meta = dict(meta or {})
     y = np.asarray(y, np.int64)
@@ -473,7 +540,7 @@ def run_statistics(y: np.ndarray, probs: np.ndarray, num_classes: int,
            "per_unit": unit_accuracy(y, pred, units) if units.name != "volumes" else None,
            "interval": accuracy_interval(y, pred, units, score, n_boot, seed),
            "binomial": binomial_test(n_correct, len(y), chance["majority"]),
-           "permutation": permutation_test(y, pred, exchangeability_blocks(y, meta), n_perm, seed),
+           "permutation": permutation_test(y, pred, exchangeability_blocks(y, meta), n_perm, seed) if n_perm else None,
            "baseline": None}
     if baseline_probs is not None:
         out["baseline"] = paired_comparison(y, pred, predictions(baseline_probs), units, n_boot, seed)
@@ -488,7 +555,8 @@ def cv_statistics(y: np.ndarray, probs: np.ndarray, fold: np.ndarray, num_classe
     fold (N,) int in [0, K) of each volume, n_train (K,) training volumes of each fold, `meta` as in
     `run_statistics`. Per fold and pooled: `run_statistics`; the pooled accuracy's interval resamples subjects of
     the pooled predictions (bounded), its permutation test holds the predictions fixed (a refitting null is
-    `--permutations`); model against baseline across folds: `corrected_ttest` of the per-fold differences."""
+    `--permutations`); `fold_mean`: intervals of the mean over folds (`fold_mean_intervals`); model against
+    baseline across folds: `corrected_ttest` of the per-fold differences."""
     meta = {k: None if v is None else np.asarray(v) for k, v in dict(meta or {}).items()}
     fold = np.asarray(fold, np.int64)
     k = int(fold.max()) + 1
@@ -502,6 +570,12 @@ def cv_statistics(y: np.ndarray, probs: np.ndarray, fold: np.ndarray, num_classe
     out = {"k": k, "folds": per_fold,
            "pooled": run_statistics(y, probs, num_classes, meta, baseline_probs, n_perm, n_boot, seed),
            "comparison": None}
+    binary = num_classes == 2
+    scores = {"model": (predictions(probs), np.asarray(probs, np.float64)[:, 1] if binary else None)}
+    if baseline_probs is not None:
+        scores["baseline"] = (predictions(baseline_probs),
+                              np.asarray(baseline_probs, np.float64)[:, 1] if binary else None)
+    out["fold_mean"] = fold_mean_intervals(y, fold, units_of(meta, len(fold)), scores, n_boot, seed)
     if baseline_probs is not None:
         diffs = [s["baseline"]["difference"] for s in per_fold]
         n_test = [s["n"] for s in per_fold]
@@ -543,6 +617,14 @@ def against_chance(s: dict[str, Any], null: dict[str, Any] | None = None) -> str
     """'above the chance level of 0.500 (exact binomial ...; block permutation ...)' of a `run_statistics` result;
     with a cross-validated `null`, that null decides and is named last."""
     perm, chance = s["permutation"], s["chance"]
+    if perm is None and null is None:
+        p = s["binomial"]["p"]
+        return (f"{'above' if p < ALPHA else 'not distinguishable from'} the chance level of {chance['majority']:.3f} "
+                f"(exact binomial {fmt_p(p)}, which takes volumes as independent; no permutation test was run)")
+    if perm is None:
+        return (f"{'above' if null['p'] < ALPHA else 'not distinguishable from'} the chance level of "
+                f"{chance['majority']:.3f} (exact binomial {fmt_p(s['binomial']['p'])}; cross-validated null "
+                f"{fmt_p(null['p'], None)}, {null['n_permutations']:,} cross-validations on permuted labels)")
     kind = "block" if perm["units"] == "blocks" else "volume"
     what = f"whole blocks within {perm['within']}" if perm["units"] == "blocks" else \
         f"volume labels within {perm['within']}"
@@ -580,8 +662,9 @@ def cv_sentence(cv: dict[str, Any], baseline: str = "the logistic baseline") -> 
     there is one: it then decides whether the accuracy is above chance)."""
     pooled = cv["pooled"]
     ci = pooled["interval"]
-    text = (f"Cross-validated accuracy {pooled['accuracy']:.3f} (balanced {pooled['balanced_accuracy']:.3f}; "
-            f"95% CI {fmt_range(ci['accuracy'], 3)} by resampling {ci['unit']}) over {cv['k']} folds "
+    how = f"; 95% CI {fmt_range(ci['accuracy'], 3)} by resampling {ci['unit']}" if ci["accuracy"] else ""
+    text = (f"Cross-validated accuracy {pooled['accuracy']:.3f} (balanced {pooled['balanced_accuracy']:.3f}{how}) "
+            f"over {cv['k']} folds "
             f"{where(pooled)}, {against_chance(pooled, cv.get('null'))}")
     c = cv.get("comparison")
     if c is not None and c["corrected"] is not None:

@@ -317,9 +317,14 @@ def test_baseline_refit_is_exact_in_the_training_rows_space():
     Xtr, Xte = X[:120], X[120:]
     mean, sd = Xtr.mean(0), Xtr.std(0)
     Xtr, Xte = (Xtr - mean) / sd, (Xte - mean) / sd
-    refit = B.refitter(Xtr, Xte, 0.01, 2, tol=1e-10, max_iter=10_000)
+    refit = B.refitter(Xtr, Xte, 0.01, 2, tol=1e-10, max_iter=100_000)
     full = LogisticRegression(C=0.01, tol=1e-10, max_iter=10_000).fit(Xtr, y[:120])
-    assert np.array_equal(refit(y[:120]), full.predict(Xte))
+    assert np.array_equal(refit(y[:120]), full.predict(Xte)) and refit.unconverged == 0
+    labels = np.stack([y[:120], rng.permutation(y[:120]), rng.permutation(y[:120])])  # a batch: each row its own fit
+    batch = refit(labels)
+    assert batch.shape == (3, 60) and np.array_equal(batch[0], full.predict(Xte))
+    for row, pred in zip(labels[1:], batch[1:]):
+        assert np.array_equal(pred, LogisticRegression(C=0.01, tol=1e-10, max_iter=10_000).fit(Xtr, row).predict(Xte))
 
 
 def test_refit_null_permutes_training_labels_within_blocks():
@@ -335,9 +340,9 @@ def test_refit_null_permutes_training_labels_within_blocks():
     blocks = S.exchangeability_blocks(y, {"subject": subject})
     seen = []
 
-    def nearest_neighbour(labels):
-        seen.append(labels)
-        return labels[np.argmin(((X_test[:, None] - X) ** 2).sum(-1), axis=1)]
+    def nearest_neighbour(labels):  # (P, N) label rows -> (P, M) predictions
+        seen.extend(np.atleast_2d(labels))
+        return labels[..., np.argmin(((X_test[:, None] - X) ** 2).sum(-1), axis=1)]
 
     observed = np.mean(nearest_neighbour(y) == y_test)
     r = S.refit_null(nearest_neighbour, y, blocks, y_test, observed, n_perm=99)
@@ -346,7 +351,8 @@ def test_refit_null_permutes_training_labels_within_blocks():
     for labels in seen[1:]:
         for s in np.unique(subject):
             assert sorted(labels[subject == s]) == sorted(y[subject == s])
-    fixed = S.refit_null(lambda labels: y_test, y, blocks, y_test, 1.0, n_perm=20)
+    fixed = S.refit_null(lambda labels: np.broadcast_to(y_test, (len(labels), len(y_test))), y, blocks, y_test, 1.0,
+                         n_perm=20)
     assert fixed["p"] == 1.0
     strict_json(r)
 
