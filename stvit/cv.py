@@ -17,6 +17,7 @@ DIR:
     folds.json       the fold of every volume; a resumed cross-validation uses these folds
     fold-1/ ...      the run directory of each fold
     cv.json, cv.md   per-fold and summary metrics and statistics; cv_accuracy.png; report.html
+    nulls.json       how many permutations the nulls ask for (kept by --resume unless given again)
     permutation-1/ ...   with --permutations N: each a whole cross-validation on permuted labels
 
 Summary, for the model, the baseline and their paired per-fold difference (model - baseline): the mean of the K
@@ -53,7 +54,7 @@ exit codes: 0 done; 2 bad input (one 'error:' line, nothing written); 3 a non-fi
 4 a file could not be written (disk full): continue with --resume."""
 
 # the cross-validation's own flags and their defaults; RESUMABLE may come with --resume
-OWN = {"folds": 5, "within_train": False, "permutations": None, "baseline_permutations": BASELINE_PERMUTATIONS}
+OWN = {"folds": 5, "within_train": False, "permutations": None, "baseline_permutations": None}
 RESUMABLE = ("permutations", "baseline_permutations")
 
 
@@ -74,9 +75,9 @@ def build_parser(argv: list[str] | None = None):
         "the model's cross-validated null: rerun the whole cross-validation N times on the labels permuted within "
         "subject and run (by whole blocks when the data carry onsets), each in DIR/permutation-i/, resumable; each "
         "costs about one cross-validation without the baseline; default: 0 (with --resume: as many as it asked for)"))
-    ev.add_argument("--baseline-permutations", type=int, default=BASELINE_PERMUTATIONS, metavar="N", help=(
+    ev.add_argument("--baseline-permutations", type=int, default=None, metavar="N", help=(
         "the baseline's cross-validated null: N refits of the baseline in every fold on permuted labels (seconds); "
-        f"0: none; default: {BASELINE_PERMUTATIONS}"))
+        f"0: none; default: {BASELINE_PERMUTATIONS} (with --resume: as many as it asked for)"))
     return ap
 
 

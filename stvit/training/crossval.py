@@ -14,8 +14,10 @@ DIR:
     fold-1/ ...      the run directory of each fold
     cv.json, cv.md   per-fold and summary metrics, the statistics; cv_accuracy.png: per-fold test accuracy, model vs
                      baseline; report.html: the page of it all
-    permutations.json, permutation-1/ ...   with --permutations N: the number asked for, and each permutation's
-                     whole cross-validation on permuted labels (fold-k/ and permutation.json, its result)
+    nulls.json       how many permutations each null asked for (the model's, the baseline's), and how labels are
+                     permuted; a resumed cross-validation keeps them unless told otherwise
+    permutation-1/ ...   with --permutations N: each permutation's whole cross-validation on permuted labels
+                     (fold-k/, and permutation.json, its result)
 
 Summary, for the model, the baseline and their paired per-fold difference (model - baseline): the mean of the K
 fold scores (test accuracy, ROC-AUC), their standard deviation (ddof 1) and a 95% percentile interval of the mean
@@ -59,7 +61,7 @@ from stvit.training.provenance import provenance
 from stvit.training.rundir import RunDir
 
 FOLDS_FILE = "folds.json"
-PERMUTATIONS_FILE = "permutations.json"
+NULLS_FILE = "nulls.json"
 METRICS = ("accuracy", "roc_auc")
 BASELINE_PERMUTATIONS = 100  # the baseline's refit null: each costs one small fit per fold (seconds for 100)
 NULL_FOLD = {"train": {"baseline": False, "permutations": 0}}  # a permutation's folds: the model's accuracy only
@@ -138,19 +140,22 @@ class CVPlan:
 
 
 def plan_cv(request: api.Request, *, folds: int = 5, within_train: bool = False, permutations: int | None = None,
-            baseline_permutations: int = BASELINE_PERMUTATIONS) -> CVPlan:
+            baseline_permutations: int | None = None) -> CVPlan:
     """A new cross-validation (`request.out`, or runs/cv-<preset>-<time>) of `folds` folds with the request's
-    recipe, or, with `request.resume`, the one in that directory with its own config and folds. `permutations`:
-    the model's cross-validated null (None: 0, or as many as the resumed one asked for)."""
+    recipe, or, with `request.resume`, the one in that directory with its own config and folds. `permutations`: the
+    model's cross-validated null, `baseline_permutations`: the baseline's (None: 0 and `BASELINE_PERMUTATIONS`, or
+    what the resumed one asked for)."""
     for name, n in (("--permutations", permutations), ("--baseline-permutations", baseline_permutations)):
         if n is not None and n < 0:
             raise UserError(f"{name} must be >= 0, got {n}")
     if request.resume:
         plan = _plan_resume(Path(request.resume))
-        if permutations is None and (plan.out / PERMUTATIONS_FILE).is_file():
-            permutations = int(read_config_file(plan.out / PERMUTATIONS_FILE)["n"])
-        return dataclasses.replace(plan, command=request.command, permutations=permutations or 0,
-                                   baseline_permutations=baseline_permutations)
+        asked = read_config_file(plan.out / NULLS_FILE) if (plan.out / NULLS_FILE).is_file() else {}
+        return dataclasses.replace(
+            plan, command=request.command,
+            permutations=asked.get("permutations", 0) if permutations is None else permutations,
+            baseline_permutations=asked.get("baseline_permutations", BASELINE_PERMUTATIONS)
+            if baseline_permutations is None else baseline_permutations)
     if folds < 2:
         raise UserError(f"--folds must be >= 2, got {folds}")
     cfg = api.resolve_config(request)
@@ -165,7 +170,7 @@ def plan_cv(request: api.Request, *, folds: int = 5, within_train: bool = False,
                         f"own (use --folds {subjects} or fewer)", pool.source)
     fold = D.subject_folds(pool.ids, pool.y, folds, cfg.train.seed)
     plan = CVPlan(cfg, out, pool, fold, False, RunDir(out).fingerprint(), request.command, permutations or 0,
-                  baseline_permutations)
+                  BASELINE_PERMUTATIONS if baseline_permutations is None else baseline_permutations)
     for f in range(plan.k):  # each fold's validation split and batch, before anything is written
         light = fold_data(pool, fold, f, with_volumes=False)
         api.check_split(cfg, api.make_split(cfg, light), light)
@@ -187,7 +192,7 @@ def _plan_resume(out: Path) -> CVPlan:
 
 
 def start(plan: CVPlan, run: RunDir) -> None:
-    """A new cross-validation writes its config and its folds; one with permutations, how many."""
+    """A new cross-validation writes its config and its folds; every one, how many permutations its nulls ask for."""
     if not plan.resumed and run.main:
         plan.out.mkdir(parents=True, exist_ok=True)
         run.write_json("config.json", plan.cfg.to_dict())
@@ -199,10 +204,11 @@ def start(plan: CVPlan, run: RunDir) -> None:
             "n_volumes": int(len(p.y)), "fingerprint": p.fingerprint(),
             "subjects": [sorted(set(p.ids[plan.fold == f].tolist())) for f in range(plan.k)],
             "fold": plan.fold.tolist()})
-    if plan.permutations and run.main:
-        run.write_json(PERMUTATIONS_FILE, {"n": plan.permutations, "seed": plan.cfg.train.seed,
-                                           "labels": "permutation i: stats.permuted_labels(y, blocks, (seed, i))",
-                                           "blocks": plan.pool.blocks().describe()})
+    if run.main:
+        run.write_json(NULLS_FILE, {"permutations": plan.permutations,
+                                    "baseline_permutations": plan.baseline_permutations, "seed": plan.cfg.train.seed,
+                                    "labels": "permutation i: stats.permuted_labels(y, blocks, (seed, i))",
+                                    "blocks": plan.pool.blocks().describe()})
     DIST.barrier()
 
 
@@ -493,7 +499,9 @@ def write_summary(plan: CVPlan, run: RunDir, cv: dict[str, Any]) -> None:
                          f"{cv['folds_k']}-fold cross-validation, grouped by subject")
 
     run.write_figure(draw)
-    run.write_report("cv")
+    from stvit.training.report_page import write_report  # jinja2, only when a page is written
+
+    write_report(run, "cv")
 
 
 def run_cv(plan: CVPlan, quiet: bool = False) -> dict[str, Any]:
