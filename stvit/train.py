@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
         if note:
             print(note, file=sys.stderr)
-        RunDir(plan.run_dir).write_report()  # again, with the maps
+        from stvit.training.report_page import write_report
+
+        write_report(RunDir(plan.run_dir))  # again, with the maps
     return 0
 
 

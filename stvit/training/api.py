@@ -405,7 +405,9 @@ def run(plan: Plan, *, on_epoch: Callable[[dict], None] | None = None) -> dict |
         if plan.evaluate and plan.stage in ("all", "finetune", "evaluate"):
             metrics = evaluate(run_dir, cfg, splits, device, precision, plan.data, origin)
             if plan.report:
-                run_dir.write_report()
+                from stvit.training.report_page import write_report  # jinja2, only when a page is written
+
+                write_report(run_dir)
             return metrics
         return None
     except NonFiniteLoss as e:

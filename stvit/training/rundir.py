@@ -4,7 +4,7 @@
     log.jsonl          one line per epoch             checkpoints/       last.pt, best.pt, pretrain.pt
     metrics.json       the final evaluation           predictions.npz    the probabilities behind it
     figures/*.png      curves, confusion matrix       tensorboard/       when tensorboard is installed
-    report.html        one page for a person: what was run, scores, statistics, figures (`write_report`)
+    report.html        one page for a person: what was run, scores, statistics, figures (`report_page.write_report`)
 
 Writes are atomic (a temporary file beside the target, fsynced, then `os.replace`): an interrupted write leaves
 the previous file intact. Under torchrun only rank 0 writes; a checkpoint save is also a barrier, so that no rank
@@ -127,16 +127,6 @@ class RunDir:
         if self.main:
             with writing(self.path / "figures"):
                 draw(self.path / "figures")
-
-    def write_report(self, kind: str = "run") -> Path:
-        """report.html of this run directory (or, kind "cv", cross-validation directory), rendered from the files in
-        it (`stvit.training.report_page`), atomically by rank 0; its path."""
-        if self.main:
-            from stvit.training import report_page  # jinja2 and matplotlib, only when a page is written
-
-            render = report_page.render_cv if kind == "cv" else report_page.render_run
-            self.write_text("report.html", render(self.path))
-        return self.path / "report.html"
 
     def save(self, name: str, state: dict[str, Any]) -> None:
         """checkpoints/<name>, atomically by rank 0; every rank waits until the file is complete."""
