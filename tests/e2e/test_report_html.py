@@ -28,10 +28,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stvit.training import crossval
 from stvit.training import report_page as R
 from stvit.training import stats as S
 from stvit.training.figures import plot_confusion, plot_curves, plot_cv_accuracy
 from stvit.training.metrics import classification_metrics
+
+pytestmark = pytest.mark.e2e
 
 CHROMIUM = Path("/usr/bin/chromium")
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -113,9 +116,21 @@ def make_cv_dir(folder: Path, seed: int = 0) -> dict:
              "baseline": {"accuracy": s["baseline"]["baseline_accuracy"], "roc_auc": 0.7, "C": 0.01},
              "difference": {"accuracy": s["baseline"]["difference"], "roc_auc": 0.1}}
             for f, s in enumerate(stats["folds"])]
+    fm = stats["fold_mean"]
+    summary = {p: {m: crossval.spread([r[p][m] for r in rows], fm[p][m]) for m in ("accuracy", "roc_auc")}
+               for p in ("model", "baseline", "difference")}
+    blocks = S.exchangeability_blocks(y, {"subject": subject})
+    folds = [(lambda labels: labels[..., :64], np.flatnonzero(fold != f), np.flatnonzero(fold == f))
+             for f in range(3)]
     cv = {"folds_k": 3, "seed": 0, "preset": "demo", "data": "study.h5", "pooled": "train+test", "n_volumes": 192,
-          "n_subjects": 12, "folds": rows, "stats": stats,
-          "null": S.cv_null(stats["pooled"]["accuracy"], rng.normal(0.5, 0.03, 20), 30.0)}
+          "n_subjects": 12, "interval": "95% percentile bootstrap interval of the mean over folds", "folds": rows,
+          "summary": summary, "stats": stats,
+          "baseline_null": {**S.cv_refit_null(folds, y, blocks, 0.7, [(0, i) for i in range(1, 100)]),
+                            "method": "the baseline refitted in every fold"},
+          "null": S.cv_null(stats["pooled"]["accuracy"], rng.normal(0.5, 0.03, 20), 30.0),
+          "timing": {"folds": [40.0, 41.5, None], "cross_validation": None, "per_permutation": 30.0},
+          "provenance": {"command": "python -m stvit.cv --data study.h5 --folds 3", "commit": "abc1234",
+                         "dirty": False, "versions": {"stvit": "0.1.0"}, "device": "cpu (2 threads)"}}
     (folder / "cv.json").write_text(json.dumps(cv, allow_nan=False))
     (folder / "config.json").write_text(json.dumps({"preset": "demo"}))
     plot_cv_accuracy([r["model"]["accuracy"] for r in rows], [r["baseline"]["accuracy"] for r in rows],
@@ -261,24 +276,38 @@ def test_run_report_is_self_contained_and_complete(run_dir):
 
 def test_cv_report_is_self_contained_and_complete(cv_dir):
     """The cross-validation page passes the static audit and shows its sentence (with the corrected test and the
-    cross-validated null), the folds, both t-tests, the pooled statistics and 4 figures."""
+    cross-validated null), the scores over folds with their intervals, the folds, both t-tests, both nulls with
+    their cost per permutation, the pooled statistics, what was run, the timing and 5 figures."""
     folder, cv = cv_dir
     html = R.render_cv(folder)
     a = audit(html)
     text = " ".join(" ".join(a.text).split())
-    assert len(a.images) == 4
+    assert len(a.images) == 5
     for part in (S.cv_sentence({**cv["stats"], "null": cv["null"]}), "corrected resampled t-test (Nadeau & Bengio",
-                 "plain paired t-test", "Statistics of the pooled predictions", "sub-11", "Folds"):
+                 "plain paired t-test", "Statistics of the pooled predictions", "sub-11", "Folds", "Scores over folds",
+                 "Accuracy: 95% CI of the mean", R.ci(cv["summary"]["model"]["accuracy"]["ci95"]),
+                 "Cross-validated permutation nulls", "Baseline, refitted", "99 permutations",
+                 "Model, whole cross-validations", "30 s per permutation", "python -m stvit.cv --data study.h5",
+                 "abc1234", "fold 3: n/a", "One permutation"):
         assert part in text, part
 
 
-def test_a_run_without_statistics_still_renders(tiny_run):
-    """A real run directory (the tiny training run, evaluated before statistics existed): the page renders, passes
-    the audit, shows the scores, curves, confusion matrix and ROC, and says that the statistics are missing."""
-    html = R.render_run(tiny_run)
+def test_a_run_without_statistics_still_renders(tiny_run, tmp_path):
+    """A real run directory (the tiny training run) evaluated before statistics existed (its metrics.json without
+    `stats` and `provenance`, its predictions.npz without subjects): the page renders, passes the audit, shows the
+    scores, curves, confusion matrix and ROC, and statistics computed for it from predictions.npz, saying so."""
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old)
+    metrics = json.loads((old / "metrics.json").read_text())
+    (old / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k not in ("stats", "provenance")}))
+    with np.load(old / "predictions.npz") as pred:
+        np.savez(old / "predictions.npz", **{k: pred[k] for k in pred.files if k != "test_subject"})
+    html = R.render_run(old)
     a = audit(html)
     text = " ".join(" ".join(a.text).split())
-    assert "metrics.json has no statistics" in text and "Test scores" in text and len(a.images) >= 4
+    assert "metrics.json has no statistics" in text and "computed for it from predictions.npz" in text
+    assert "volumes are the only unit" in text and "Test scores" in text and "Exact binomial test" in text
+    assert len(a.images) >= 5  # 3 curves, confusion matrix, ROC, the permutation null
 
 
 def test_reports_render_in_chromium(run_dir, cv_dir, tmp_path):

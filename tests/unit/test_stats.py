@@ -305,6 +305,53 @@ def test_cv_statistics_per_fold_and_pooled():
     assert "corrected resampled t-test" in text and "50 cross-validations on permuted labels" in text
 
 
+def test_fold_mean_intervals_resample_subjects_within_folds():
+    """The interval of the mean over folds: [1, 1] for a perfect classifier; the replicates are those of a direct
+    resampling of each fold's subjects with the same draws; bounded; the paired difference keeps its sign; the
+    summary's `fold_mean` is this. No resamples: no intervals."""
+    rng = np.random.default_rng(0)
+    subject = np.repeat([f"sub-{i:02d}" for i in range(12)], 10)
+    y = np.tile(np.repeat([0, 1], 5), 12)
+    fold = np.repeat([0, 1, 2], 40)
+    units = S.units_of({"subject": subject}, len(y))
+    model = np.where(rng.random(len(y)) < 0.75, y, 1 - y)
+    base = np.where(rng.random(len(y)) < 0.95, y, 1 - y)
+    score = np.clip(0.5 * y + 0.7 * rng.random(len(y)), 0, 1)
+    perfect = S.fold_mean_intervals(y, fold, units, {"model": (y, y.astype(float))}, n_boot=500)
+    assert perfect["model"] == {"accuracy": [1.0, 1.0], "roc_auc": [1.0, 1.0]} and perfect["unit"] == "subjects"
+    r = S.fold_mean_intervals(y, fold, units, {"model": (model, score), "baseline": (base, None)}, n_boot=400, seed=3)
+    direct = np.zeros(400)
+    for f in range(3):  # the same draws, each resample's accuracy counted volume by volume
+        ids = np.unique(subject[fold == f])
+        w = S.bootstrap_weights(S.Units(np.arange(len(ids)), list(ids), "subjects"), 400, 3 + f)
+        for b in range(400):
+            rows = np.concatenate([np.flatnonzero(subject == ids[j]).repeat(int(w[b, j])) for j in range(len(ids))])
+            direct[b] += np.mean(model[rows] == y[rows]) / 3
+    assert r["model"]["accuracy"] == pytest.approx(np.quantile(direct, [0.025, 0.975]).tolist())
+    for name in ("model", "baseline"):
+        lo, hi = r[name]["accuracy"]
+        assert 0 <= lo <= np.mean([np.mean((model if name == "model" else base)[fold == f] == y[fold == f])
+                                   for f in range(3)]) <= hi <= 1
+    assert r["baseline"]["roc_auc"] is None and r["difference"]["accuracy"][1] < 0
+    assert 0 <= r["model"]["roc_auc"][0] <= r["model"]["roc_auc"][1] <= 1
+    none = S.fold_mean_intervals(y, fold, units, {"model": (model, score)}, n_boot=0)
+    assert none["model"] == {"accuracy": None, "roc_auc": None}
+    strict_json(r)
+
+
+def test_no_permutations_asked_for_means_no_permutation_test_and_no_intervals():
+    """train.permutations 0: the binomial and McNemar tests, chance and per-subject accuracy remain; the permutation
+    test and the intervals are None, and the sentence says no permutation test was run."""
+    rng = np.random.default_rng(0)
+    y, meta = block_design(rng, subjects=4)
+    probs = np.stack([1 - (p := np.clip(0.6 * y + 0.4 * rng.random(len(y)), 0, 1)), p], axis=1)
+    s = S.run_statistics(y, probs, 2, meta, baseline_probs=probs[::-1], n_perm=0, n_boot=0)
+    assert s["permutation"] is None and s["interval"]["accuracy"] is None and s["baseline"]["ci"] is None
+    assert s["binomial"]["p"] < 0.001 and s["baseline"]["mcnemar"]["p"] is not None and s["per_unit"]["n"] == 4
+    assert "no permutation test was run" in S.sentence(s)
+    strict_json(s)
+
+
 # --- the baseline's null ----------------------------------------------------------------------------------------------
 
 def test_baseline_refit_is_exact_in_the_training_rows_space():
@@ -354,6 +401,44 @@ def test_refit_null_permutes_training_labels_within_blocks():
     fixed = S.refit_null(lambda labels: np.broadcast_to(y_test, (len(labels), len(y_test))), y, blocks, y_test, 1.0,
                          n_perm=20)
     assert fixed["p"] == 1.0
+    strict_json(r)
+
+
+def test_cv_refit_null_permutes_the_pool_within_subjects_and_matches_the_model_permutations():
+    """The cross-validated refit null: every fold's fit gets the training rows of permutation i, which is the
+    model's permutation i (`permuted_labels` with seed i), each subject keeping its labels; a nearest-neighbour fit
+    on two well-separated classes is perfect on the true labels and near chance on permuted ones (scored against
+    the permuted test labels), so p = 1 / (N + 1)."""
+    rng = np.random.default_rng(0)
+    subject = np.repeat([f"sub-{i}" for i in range(12)], 8)
+    y = np.tile(np.repeat([0, 1], 4), 12)
+    X = 10.0 * y[:, None] + rng.normal(size=(96, 6))
+    fold = np.repeat([0, 1, 2], 32)  # subjects 0-3, 4-7, 8-11
+    blocks = S.exchangeability_blocks(y, {"subject": subject})
+    seen = {}
+
+    def fitter(f, train, test):
+        near = np.argmin(((X[test][:, None] - X[train]) ** 2).sum(-1), axis=1)
+
+        def fit_predict(labels):  # (P, N_train) -> (P, N_test)
+            seen[f] = labels
+            return labels[..., near]
+        return fit_predict
+
+    folds = [(fitter(f, np.flatnonzero(fold != f), np.flatnonzero(fold == f)), np.flatnonzero(fold != f),
+              np.flatnonzero(fold == f)) for f in range(3)]
+    observed = np.mean(np.concatenate([fp(y[tr]) == y[te] for fp, tr, te in folds]))
+    seeds = [(0, i) for i in range(1, 50)]
+    r = S.cv_refit_null(folds, y, blocks, observed, seeds)
+    assert observed == 1.0 and r["p"] == 1 / 50 and r["n_permutations"] == 49 and r["within"] == "subject"
+    assert 0.3 < r["mean"] < 0.7
+    L = S.permuted_label_matrix(y, blocks, seeds)
+    assert np.array_equal(L[4], S.permuted_labels(y, blocks, (0, 5)))
+    for f, (_, train, _) in enumerate(folds):  # per fold, the training rows of every permutation
+        np.testing.assert_array_equal(seen[f], L[:, train])
+    for row in L:
+        for s in np.unique(subject):
+            assert sorted(row[subject == s]) == sorted(y[subject == s])
     strict_json(r)
 
 
