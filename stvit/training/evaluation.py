@@ -25,7 +25,7 @@ from stvit.training.rundir import RunDir
 from stvit.training.stages import choose_ops
 
 
-def test_meta(data: HCPData, idx: np.ndarray) -> dict[str, np.ndarray]:
+def volume_meta(data: HCPData, idx: np.ndarray) -> dict[str, np.ndarray]:
     """The per-volume metadata of the test volumes at positions `idx` (N,) of the test split: subject (the ids),
     and session, run, volume, onset, condition when the data carry them (a packed file's metadata)."""
     meta = {k: np.asarray(v)[idx] for k, v in ((data.meta or {}).get("test") or {}).items()}
@@ -66,7 +66,7 @@ def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, pre
         from stvit.training.baseline import baseline_metrics  # scikit-learn, only when the baseline is fitted
 
         metrics["baseline"], arrays["baseline_test_probs"] = baseline_metrics(data, splits.index, names)
-    meta = test_meta(data, idx)
+    meta = volume_meta(data, idx)
     if run.main:
         from stvit.training.stats import run_statistics  # scipy, only when the statistics are computed
 

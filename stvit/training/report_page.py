@@ -1,7 +1,8 @@
 """report.html: one self-contained page per run directory and per cross-validation directory, for a person to read.
 
 `render_run(folder)` and `render_cv(folder)` read what the folder holds and return the page's text; `write_report`
-writes it through the folder's `RunDir`. Every part is optional: what a folder lacks is left out of the page and named in a note.
+writes it through the folder's `RunDir`. Every part is optional: what a folder lacks is left out of the page and
+named in a note.
 
     run directory    config.json, metrics.json (its `stats`: `stvit.training.stats.run_statistics`; its
                      `provenance`: command, versions, commit, started, host, device), log.jsonl, split.json,

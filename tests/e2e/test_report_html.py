@@ -299,7 +299,8 @@ def test_a_run_without_statistics_still_renders(tiny_run, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(tiny_run, old)
     metrics = json.loads((old / "metrics.json").read_text())
-    (old / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k not in ("stats", "provenance")}))
+    older = {k: v for k, v in metrics.items() if k not in ("stats", "provenance")}
+    (old / "metrics.json").write_text(json.dumps(older))
     with np.load(old / "predictions.npz") as pred:
         np.savez(old / "predictions.npz", **{k: pred[k] for k in pred.files if k != "test_subject"})
     html = R.render_run(old)
