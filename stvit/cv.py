@@ -5,31 +5,12 @@ cross-validated permutation null.
     python -m stvit.cv --data FILE [--folds 5] [--within-train] [--permutations N] [--out DIR] [stvit.train flags]
     python -m stvit.cv --resume DIR      # an interrupted cross-validation continues with its unfinished folds
 
-Folds: the volumes (the file's train and test splits pooled; its train split alone with `--within-train`) are cut
-into K folds by scikit-learn's `StratifiedGroupKFold` (grouped by subject id, so no subject is in two folds;
-stratified by label; shuffled by `--seed`: the same seed and data give the same folds). Fold k is a whole
-`stvit.train` run on an in-memory data set (training: the other folds; test: fold k), through the same plan and
-stages as the command: its own validation split carved from its training subjects, pre-training, fine-tuning,
-and the final evaluation with the linear baseline, in DIR/fold-k/.
-
-DIR:
-    config.json      the resolved config of every fold (each fold's own config.json adds its stage lengths)
-    folds.json       the fold of every volume; a resumed cross-validation uses these folds
-    fold-1/ ...      the run directory of each fold
-    cv.json, cv.md   per-fold and summary metrics and statistics; cv_accuracy.png; report.html
-    nulls.json       how many permutations the nulls ask for (kept by --resume unless given again)
-    permutation-1/ ...   with --permutations N: each a whole cross-validation on permuted labels
-
-Summary, for the model, the baseline and their paired per-fold difference (model - baseline): the mean of the K
-fold scores (test accuracy, ROC-AUC), their standard deviation (ddof 1) and a 95% interval of the mean by
-resampling the test subjects within each fold (bounded by [0, 1]). Model against baseline: the corrected resampled
-t-test (Nadeau & Bengio 2003), since the folds share training data, beside the plain paired t-test. Against
-chance: the tests of the pooled predictions, the baseline's cross-validated refit null (cheap, always), and with
---permutations N the model's cross-validated null (N whole cross-validations; docs/evaluation.md).
-
-Resume: a fold with metrics.json is done; a fold with checkpoints/last.pt continues as `stvit.train --resume`
-does (bit-identical on CPU); a fold with neither (stopped before its first checkpoint) starts over; the same for
-the folds of each permutation. `--resume DIR --permutations N` adds (or continues) the model's null.
+Each fold is a whole run of the run API on an in-memory data set (training: the other folds, with its own
+validation split; test: fold k) in DIR/fold-k/; cv.json, cv.md, cv_accuracy.png and report.html summarize them:
+per fold and pooled statistics, a bounded interval of the mean over folds, the corrected resampled t-test
+(Nadeau & Bengio 2003) of model against baseline beside the plain one, the baseline's cross-validated refit null,
+and with --permutations N the model's null (N whole cross-validations on permuted labels in DIR/permutation-i/).
+The folds, the summary, the nulls and resuming: see `stvit.training.crossval` and docs/evaluation.md.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from stvit.training import stats as S
 from stvit.training.rundir import RunDir
 
 from helpers import ROOT, TINY_RUN, run_main
-from test_report_html import audit, make_cv_dir
+from e2e.test_report_html import audit, make_cv_dir
 
 pytestmark = pytest.mark.e2e
 
