@@ -13,7 +13,8 @@ What is checked:
   `--dump-dom`. Every image must have decoded (naturalWidth > 0), and the browser's console, which Chromium writes
   to stderr with `--enable-logging=stderr`, must be empty: no error, no policy violation, no message at all. A
   control page with a corrupt image, an external image and a script error proves that the harness sees each.
-- A real run directory of the tiny training run, which has no statistics yet: the page still renders and says so.
+- A real run directory of the tiny training run: its own report.html passes the audit and renders in Chromium; with
+  its statistics removed (a run made before they existed) the page still renders and says so.
 """
 from __future__ import annotations
 
@@ -317,6 +318,17 @@ def test_reports_render_in_chromium(run_dir, cv_dir, tmp_path):
         widths, console = chromium(html, tmp_path)
         assert len(widths) == html.count("<img ") and all(w > 0 for w in widths), widths
         assert console == [], console
+
+
+def test_a_real_run_report_renders_in_chromium(tiny_run, tmp_path):
+    """The report.html a real run wrote (the tiny training run, with its statistics): the static audit, then headless
+    Chromium: every image decoded, nothing on the console."""
+    html = (tiny_run / "report.html").read_text()
+    a = audit(html)
+    assert len(a.images) >= 6  # 3 curves, confusion matrix, ROC, the permutation null (and per-subject accuracy)
+    widths, console = chromium(html, tmp_path)
+    assert len(widths) == html.count("<img ") and all(w > 0 for w in widths), widths
+    assert console == [], console
 
 
 def test_the_browser_harness_sees_what_goes_wrong(tmp_path):
