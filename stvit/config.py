@@ -44,6 +44,7 @@ SCHEDULES = ("cosine", "step", "constant")
 POS_INITS = ("sincos", "normal")
 MASK_STRATEGIES = ("random", "attention")
 AUGMENTS = ("flip", "elastic", "scale", "noise")  # the training augmentations, in the order they are applied
+MAX_PERMUTATIONS = 1_000_000  # train.permutations: a (resamples x subjects) float64 matrix stays in memory
 
 
 class ConfigError(ValueError):
@@ -298,6 +299,9 @@ class TrainConfig:
     max_nonfinite_steps: int = 3
     log_every: int = 10
     baseline: bool = True  # a logistic-regression baseline beside the model in the final evaluation (stvit.baseline)
+    # label permutations of the permutation test against chance, and subject resamples of the bootstrap intervals, in
+    # the final statistics (stvit.training.stats); 10,000 take well under a second; 0: neither
+    permutations: int = 10_000
 
     def __post_init__(self):
         self.check()
@@ -305,6 +309,7 @@ class TrainConfig:
     def check(self) -> None:
         at_least(self, 1, "batch_size", "eval_batch_size", "max_nonfinite_steps", "log_every")
         at_least(self, 0, "seed")
+        in_range(self, "permutations", 0, MAX_PERMUTATIONS)
         one_of(self, "device", DEVICES)
         one_of(self, "precision", PRECISIONS)
 
