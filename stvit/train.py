@@ -144,6 +144,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "random deformation inside the brain), scale (intensities times a random factor), noise (Gaussian, inside "
         "the brain); their strengths: the config's augment section; the flag alone: none; "
         f"default: {' '.join(cfg.augment.ops) or 'none'}"))
+    ap.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None, help=(
+        "standardize each in-brain voxel with the mean and std of the TRAINING volumes (validation and test only "
+        "transformed): for files not cleaned per voxel, e.g. volumes z-scored per volume only, where the mean brain "
+        "image hides the signal; a study imported by python -m stvit.data import is already cleaned per run "
+        f"(stvit.data.standardize); default: {_on(d.standardize)}"))
     ap.add_argument("--nan-to-zero", action="store_true", default=None,
                     help="set NaN/Inf voxels to 0 instead of refusing the file; default: refuse")
     ap.add_argument("--select-on-test", action="store_true", default=None, help=(
@@ -175,6 +180,7 @@ def _epochs(section) -> str:
 # the flags that set a config value: flag -> (argparse dest, config key)
 FLAGS = {"--data": ("data", "data.path"), "--class-names": ("class_names", "data.class_names"),
          "--flip-axis": ("flip_axis", "data.flip_axis"), "--nan-to-zero": ("nan_to_zero", "data.nan_to_zero"),
+         "--standardize": ("standardize", "data.standardize"),
          "--augment": ("augment", "augment.ops"),
          "--pretrain-epochs": ("pretrain_epochs", "pretrain.epochs"), "--ft-epochs": ("ft_epochs", "finetune.epochs"),
          "--kernels": ("kernels", "model.kernels"), "--batch-size": ("batch_size", "train.batch_size"),
@@ -524,6 +530,9 @@ def result_line(m: dict) -> str:
     b = m.get("baseline")
     if b is not None:
         line += f" | baseline (logistic regression, C {b['C']:g}): {scores(b)}"
+    for w in m.get("warnings", []):  # the gist of each (stderr and metrics.json "warnings" have them whole)
+        head, _, text = w.partition(": ")
+        line += f" | {head}: {text.split('. ')[0].split(': ')[0]}"
     return line
 
 
@@ -537,6 +546,9 @@ def run_plan(plan: Plan, run: RunDir, quiet: bool = False) -> dict | None:
         rng.seed_everything(DIST.rank_seed(cfg.train.seed, DIST.rank()))
         device = DIST.local_device(cli.resolve_device(cfg.train.device))
         precision = Precision.resolve(cfg.train.precision, device)
+        if cfg.data.standardize:  # per voxel, fitted on the training volumes alone
+            from stvit.data.standardize import standardize_split
+            standardize_split(plan.data, plan.split["train"])
         splits = Splits.build(plan.data, plan.split, device, precision.storage_dtype)
         world = DIST.world_size()
         procs = f", {world} processes of {cfg.train.batch_size // world} volumes" if world > 1 else ""
