@@ -1,9 +1,9 @@
 """The test split of an imported study: whole subjects, stratified by label, chosen by a seed.
 
 `--test-subjects` is a count (`3`), a fraction of the subjects (`0.2`, rounded, at least one, never all) or a file
-of subject ids (one a line; `sub-01` or `01`). Subjects are taken greedily in a seeded random order, each time the
-one that keeps the test split's class shares closest (L1) to the study's, until the count is reached: the same
-study and seed give the same split. A study of one subject has no whole subject to hold out: its test split is
+of subject ids (one a line; `sub-01` or `01`). Stratified: the subjects, sorted by their class shares, are cut into
+as many strata as test subjects, and one subject is drawn from each with the seed: the same study and seed give
+the same split, another seed another one, and the test split spans the study's mix of class shares. A study of one subject has no whole subject to hold out: its test split is
 then whole runs (the same count or fraction, of its runs), and the summary says so.
 """
 from __future__ import annotations
@@ -48,19 +48,16 @@ def read_ids(path: Path, known: Sequence[str]) -> list[str]:
 
 
 def choose(counts: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """(G,) bool: k of the G groups (rows of per-class volume counts (G, C)) whose pooled class shares stay
-    closest to the whole study's, greedily in a seeded random order (ties: the earlier in that order)."""
-    target = counts.sum(0) / counts.sum()
-    order = np.random.default_rng([seed % 2**63, 0x7E57]).permutation(len(counts))
+    """(G,) bool: k of the G groups (rows of per-class volume counts (G, C)), stratified: the groups sorted by their
+    class shares (ties in a seeded random order) are cut into k consecutive strata of near-equal size, and one group
+    is drawn from each stratum with the seed. The test split then spans the study's mix of class shares."""
+    rng = np.random.default_rng([seed % 2**63, 0x7E57])
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    shuffled = rng.permutation(len(counts))
+    order = shuffled[np.lexsort(shares[shuffled].T[::-1])]  # by share of class 0, then 1, ...; ties: shuffled
     chosen = np.zeros(len(counts), bool)
-    have = np.zeros(counts.shape[1])
-    for _ in range(k):
-        left = order[~chosen[order]]
-        pooled = have + counts[left]
-        shares = pooled / np.maximum(pooled.sum(1, keepdims=True), 1)
-        best = left[np.argmin(np.abs(shares - target).sum(1))]
-        chosen[best] = True
-        have += counts[best]
+    for stratum in np.array_split(order, k):
+        chosen[rng.choice(stratum)] = True
     return chosen
 
 
