@@ -193,3 +193,19 @@ def test_a_second_import_into_the_same_file_waits_its_turn(study, capsys):
     finally:
         holder.release(remove=True)
     assert code == 2 and "another import into this file is running" in err and not out.exists()
+
+
+def test_a_missing_package_says_what_to_install(study, capsys, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_nilearn(name, *args, **kwargs):
+        if name == "nilearn" or name.startswith("nilearn."):
+            raise ImportError(f"No module named '{name}'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_nilearn)
+    code, err = run([str(study), "--out", str(study.parent / "o.h5"), "--conditions", "face", "house"], capsys)
+    assert code == 2 and err.strip() == ("error: python -m stvit.data import needs nibabel, nilearn and pandas "
+                                         "(nilearn is missing): pip install 'stvit[import]'")

@@ -86,7 +86,8 @@ class Summary:
             f"  kept {sum(self.kept):,} volumes: {cls}",
             f"  dropped {drop:,}: {why}",
             f"  test split: {len(t['groups'])} whole {t['unit'][:-1] if len(t['groups']) == 1 else t['unit']} "
-            f"({t['test']:,} volumes: {', '.join(t['groups'])}), train {t['train']:,} volumes"
+            f"({t['test']:,} volumes: {', '.join(t['groups'][:6])}{', ...' if len(t['groups']) > 6 else ''}), "
+            f"train {t['train']:,} volumes"
             + ("  (one subject only: the test split holds out whole runs, not new subjects)"
                if t["unit"] == "runs" else ""),
             f"  cleaning per run: {self.cleaning}",
@@ -155,7 +156,7 @@ def prepare(source: Path, out: Path, o: ImportOptions, force: bool) -> Prepared:
 
     require_packages()
     check_out(out, force)
-    rule = parse_rule(o.test_subjects)
+    rule = parse_rule(str(o.test_subjects))
     if o.hrf_shift < 0 or o.trim < 0 or (o.high_pass is not None and o.high_pass <= 0):
         raise DataError("--hrf-shift and --trim must be >= 0 seconds, --high-pass > 0 Hz")
     kind, specs, found = find_runs(source, task=o.task, space=o.space, res=o.res,
@@ -197,7 +198,7 @@ def import_study(source: str | Path, out: str | Path, options: ImportOptions | N
 
     t0 = time.perf_counter()
     o = options or ImportOptions()
-    source, out = Path(source), Path(out)
+    source, out = Path(source).absolute(), Path(out)
     prep = prepare(source, out, o, force)
     work = WorkFolder(out)
     work.claim()
@@ -220,7 +221,7 @@ def import_study(source: str | Path, out: str | Path, options: ImportOptions | N
     work.release(remove=True)
     plans = prep.plans
     return Summary(out=out, kind=f"{KINDS[prep.kind]} {source}", task=plans[0].spec.task,
-                   space=o.space if prep.kind == "bids" else "MNI", subjects=len({p.spec.subject for p in plans}),
+                   space={"bids": o.space, "hcp": "MNINonLinear"}.get(prep.kind, "MNI, as given"), subjects=len({p.spec.subject for p in plans}),
                    runs=len(plans), tr=plans[0].tr, tr_source=tr_sources(plans), n_voxels=done.n_voxels,
                    conditions=prep.conditions, class_names=prep.names, kept=done.kept.tolist(),
                    dropped=dropped_counts(plans), frames=sum(p.n_frames for p in plans), test=done.test,

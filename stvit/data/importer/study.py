@@ -22,7 +22,7 @@ without moving anything in the world.
 
 The signal of voxel v at frame t (its MNI position p_v, inside nilearn's MNI152 brain mask; 0 outside):
     B(p_v) * (1 + effect% * gain_s * sum_c R_c(t) * pattern_c(p_v) + drift% * slope_v * (t - mid) / T
-               + global% * g(t) + motion% * m(t) . w(p_v)) + noise% * B(p_v) * white noise
+               + global% * g(t) + motion% * m(t) . w(p_v) + noise% * white noise)
 B: a smooth 'mean brain' near 1000 (99.9% of a raw volume's signal); R_c: condition c's boxcar convolved with
 SPM's HRF (nilearn `compute_regressor`), peak 1; pattern_c: Gaussian blobs in MNI mm (`PATTERNS`, moved a few mm
 per subject); m(t): 6 motion parameters (random walks, written as the confounds). The ground truth (`StudyTruth`)
@@ -121,11 +121,40 @@ class StudyTruth:
         return self.__dict__["_brain"]
 
     def series(self, i: int) -> np.ndarray:
-        """(T, n_brain) float64: run i's values at the brain voxels, exactly as generated (before int16)."""
+        """(T, n_brain) float32: run i's values at the brain voxels, exactly as generated (before int16)."""
         r = self.runs[i]
         subjects = list(dict.fromkeys(x.subject for x in self.runs))
         runs_of = [x for x in self.runs if x.subject == r.subject]
         return run_series(self, subjects.index(r.subject), runs_of.index(r), r.events)[0]
+
+
+def truth_accuracy(study: StudyTruth, test_subjects: Sequence[str], stride: int = 8,
+                   grid: Sequence[float] = (1e-4, 1e-3, 1e-2)) -> dict:
+    """An independent logistic regression from the generator's own ground truth, to put beside a model trained on
+    the imported file: every run's series as generated (source grid, every `stride`-th brain voxel), detrended and
+    z-scored per voxel with scipy/numpy (not the importer's code), its frames labelled by the generator (`RunTruth.
+    truth`), fitted on the subjects not in `test_subjects` (C from `grid` by 3-fold subject-grouped CV among them)
+    and scored on `test_subjects`. Returns {accuracy, C, cv_accuracy, n_train, n_test, n_voxels}."""
+    from scipy.signal import detrend
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, cross_val_score
+
+    xs, ys, subjects = [], [], []
+    for i, r in enumerate(study.runs):
+        v = detrend(study.series(i)[:, ::stride].astype(np.float64), axis=0)
+        v = (v - v.mean(0)) / np.where(v.std(0) > 0, v.std(0), 1.0)
+        keep = r.truth != ""
+        xs.append(v[keep])
+        ys.append(np.array([study.conditions.index(c) for c in r.truth[keep]]))
+        subjects += [r.subject] * int(keep.sum())
+    X, y, subjects = np.concatenate(xs), np.concatenate(ys), np.array(subjects)
+    te = np.isin(subjects, list(test_subjects))
+    cv = [(float(np.mean(cross_val_score(LogisticRegression(C=C, max_iter=2000), X[~te], y[~te],
+                                         groups=subjects[~te], cv=GroupKFold(3)))), C) for C in grid]
+    best = max(cv, key=lambda t: (t[0], -t[1]))
+    clf = LogisticRegression(C=best[1], max_iter=2000).fit(X[~te], y[~te])
+    return {"accuracy": float(clf.score(X[te], y[te])), "C": best[1], "cv_accuracy": best[0],
+            "n_train": int((~te).sum()), "n_test": int(te.sum()), "n_voxels": int(X.shape[1])}
 
 
 def source_brain(shape, affine) -> np.ndarray:
@@ -184,28 +213,34 @@ def motion_walk(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def run_series(study: StudyTruth, s: int, r: int, events) -> tuple[np.ndarray, dict]:
-    """(values (T, n_brain) float64 at the brain voxels, parts {motion, global, regressors}) of subject s's run r:
-    a pure function of (seed, s, r) and the design."""
+    """(values (T, n_brain) float32 at the brain voxels, parts {motion, global, regressors}) of subject s's run r:
+    a pure function of (seed, s, r) and the design. Built in place: a few (T, n_brain) arrays at most."""
     sig, des = study.signal, study.design
     p = positions(study.brain(), study.affine)
     subject = np.random.default_rng([study.seed, s])
     run = np.random.default_rng([study.seed, s, r, 1])
-    base = 1000.0 * (1.0 + 0.15 * smooth_field(p, np.random.default_rng([study.seed])) +
-                     0.05 * smooth_field(p, subject))
+    base = (1000.0 * (1.0 + 0.15 * smooth_field(p, np.random.default_rng([study.seed])) +
+                      0.05 * smooth_field(p, subject))).astype(np.float32)
     gain = subject.uniform(0.7, 1.3)
     shift = subject.normal(0, sig.subject_shift_mm, 3)
     times = np.arange(des.frames) * des.tr
     reg = regressors(events, study.conditions, times)
-    task = sum(reg[:, [k]] * pattern(p, sig.patterns[k], shift)[None] for k in range(len(study.conditions)))
-    slope = run.standard_normal(len(p))
-    drift = ((times - times.mean()) / max(times[-1], 1.0))[:, None] * slope[None]
+    slope = run.standard_normal(len(p)).astype(np.float32)
     glob = np.convolve(run.standard_normal(des.frames + 4), np.ones(5) / np.sqrt(5), "valid")
     motion = motion_walk(run, des.frames)
-    maps = np.stack([p[:, 0] / 70, p[:, 1] / 100, p[:, 2] / 80, p[:, 1] / 100, p[:, 0] / 70, p[:, 2] / 80], 1)
-    artefact = (motion / np.array([0.3] * 3 + [0.005] * 3)) @ maps.T  # ~unit at a typical motion
-    rel = (sig.effect * gain * task + sig.drift * drift + sig.global_ * glob[:, None] + sig.motion * artefact) / 100
-    values = base[None] * (1.0 + rel) + (sig.noise / 100) * base[None] * run.standard_normal((des.frames, len(p)))
-    return values, {"motion": motion, "global": values.mean(1), "regressors": reg}
+    rel = run.standard_normal((des.frames, len(p)), dtype=np.float32)  # white noise, then every relative term
+    rel *= np.float32(sig.noise / 100)
+    for k in range(len(study.conditions)):
+        rel += np.outer(reg[:, k] * (sig.effect * gain / 100), pattern(p, sig.patterns[k], shift)).astype(np.float32)
+    ramp = (times - times.mean()) / max(times[-1], 1.0) * sig.drift / 100
+    rel += np.outer(ramp, slope).astype(np.float32)
+    rel += (glob * sig.global_ / 100).astype(np.float32)[:, None]
+    if sig.motion:
+        maps = np.stack([p[:, 0] / 70, p[:, 1] / 100, p[:, 2] / 80, p[:, 1] / 100, p[:, 0] / 70, p[:, 2] / 80], 1)
+        rel += ((motion / np.array([0.3] * 3 + [0.005] * 3)) @ maps.T * (sig.motion / 100)).astype(np.float32)
+    rel += np.float32(1.0)
+    rel *= base[None]
+    return rel, {"motion": motion, "global": rel.mean(1, dtype=np.float64), "regressors": reg}
 
 
 def _write_json(path: Path, obj) -> None:
@@ -293,12 +328,19 @@ def write_events(path: Path, events) -> None:
 def make_study(root: str | Path, *, subjects: int = 2, runs: int = 1, sessions: int = 0, task: str = "emotion",
                conditions: Sequence[str] = ("face", "house"), space: str = "MNI152NLin2009cAsym",
                x_step: int | None = None, design: Design | None = None, signal: Signal | None = None,
-               seed: int = 0, dummy: int = 0, dtype: str = "int16") -> StudyTruth:
+               seed: int = 0, dummy: int = 0, dtype: str = "int16", write: bool = True) -> StudyTruth:
     """Write a BIDS dataset with fMRIPrep derivatives under `root` (see the module's docstring); returns its ground
-    truth. `dummy`: non-steady-state frames flagged in each confounds table."""
+    truth. `dummy`: non-steady-state frames flagged in each confounds table. write=False: write nothing, return the
+    ground truth of the study these arguments write (its series recomputed on demand by `StudyTruth.series`)."""
     root = Path(root)
     shape, affine = _grid(space, x_step)
     study = StudyTruth(root, tuple(conditions), space, shape, affine, design or Design(), signal or Signal(), seed)
+    if not write:
+        for s in range(subjects):
+            for r in range(runs * max(sessions, 1)):
+                study.runs.append(_run_truth(study, s, r, f"{r // runs + 1}" if sessions else "", f"{r % runs + 1}",
+                                             task))
+        return study
     brain = study.brain()
     _write_json(root / "dataset_description.json", {"Name": "generated study", "BIDSVersion": "1.8.0"})
     _write_json(root / "derivatives" / "fmriprep" / "dataset_description.json", FMRIPREP)
@@ -338,6 +380,18 @@ def _write_run(study: StudyTruth, brain, s: int, r: int, ses: str, run: str, tas
                 {n: {"Method": "generated"} for n in names if not n.endswith(("_power2", "_derivative1"))})
     truth = _truth(parts["regressors"], study.conditions)
     study.runs.append(RunTruth(sub, ses, run, bold, events, truth))
+
+
+def _run_truth(study: StudyTruth, s: int, r: int, ses: str, run: str, task: str) -> RunTruth:
+    """The ground truth of one run of `make_study`, without generating its series."""
+    des = study.design
+    sub = f"{s + 1:02d}"
+    stem = f"sub-{sub}" + (f"_ses-{ses}" if ses else "") + f"_task-{task}_run-{run}"
+    bold = (study.root / "derivatives" / "fmriprep" / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "func" /
+            f"{stem}_space-{study.space}_res-2_desc-preproc_bold.nii.gz")
+    events = des.events(study.conditions, (s + r) % len(study.conditions))
+    reg = regressors(events, study.conditions, np.arange(des.frames) * des.tr)
+    return RunTruth(sub, ses, run, bold, events, _truth(reg, study.conditions))
 
 
 def _truth(reg: np.ndarray, conditions: Sequence[str]) -> np.ndarray:
