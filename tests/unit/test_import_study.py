@@ -147,6 +147,17 @@ def test_an_hcp_release_with_fsl_evs(tmp_path):
     assert set(data.meta["train"]["condition"]) == {"fear", "neut"}
 
 
+def test_sessions_are_kept_apart(tmp_path):
+    root = tmp_path / "study"
+    make_study(root, subjects=2, sessions=2, design=SMALL)
+    assert (root / "sub-01" / "ses-2" / "func").is_dir()
+    out = tmp_path / "ses.h5"
+    summary = import_study(root, out, ImportOptions(conditions=("face", "house"), test_subjects="1"))
+    assert summary.runs == 4
+    data = load_dataset(out)
+    assert set(data.meta["train"]["session"]) == {"1", "2"} and set(data.meta["train"]["run"]) == {"1"}
+
+
 def test_a_table_of_runs_with_bids_and_fsl_events(bids, tmp_path):
     truth, _, _ = bids
     rows = ["bold,events,subject,run,tr"]
