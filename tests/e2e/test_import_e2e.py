@@ -4,7 +4,6 @@ jobs); a truncated file found by a worker process; a generated 12-subject study 
 `python -m stvit.train --data FILE`, beside a logistic regression computed from the generator's own truth."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,11 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from stvit.data.importer import ImportOptions, import_study
-from stvit.data.importer.study import Design, Signal, make_study
+from stvit.data.importer.study import Design, make_study
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

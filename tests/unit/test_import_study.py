@@ -5,8 +5,6 @@ FSL 3-column EVs, a CSV table of runs. The file reads like any other data file; 
 hemisphere stays left; an interrupted import continues to the same bytes."""
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import nibabel
@@ -14,7 +12,6 @@ import numpy as np
 import pytest
 
 from stvit.data import load_dataset
-from stvit.data.dataset import DataError
 from stvit.data.importer import ImportOptions, import_study
 from stvit.data.importer.study import PATTERNS, Design, Signal, make_hcp_release, make_study
 from stvit.data.packed import PackedFile, unpack

@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
-
 import numpy as np
 
 from stvit.data.dataset import DataError
@@ -70,7 +68,6 @@ class Summary:
     bytes: int
     jobs: int
     reused: int
-    lines: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         """The summary, a few lines."""
@@ -93,8 +90,7 @@ class Summary:
             f"  cleaning per run: {self.cleaning}",
             f"  {self.seconds:.1f} s with {self.jobs} job{'s' * (self.jobs != 1)}"
             + (f" ({self.reused} runs reused from an interrupted import)" if self.reused else "")
-            + f"; {self.bytes / 1e6:,.1f} MB",
-            *self.lines])
+            + f"; {self.bytes / 1e6:,.1f} MB"])
 
 
 def _n(k: int, noun: str) -> str:
@@ -159,6 +155,8 @@ def prepare(source: Path, out: Path, o: ImportOptions, force: bool) -> Prepared:
     rule = parse_rule(str(o.test_subjects))
     if o.hrf_shift < 0 or o.trim < 0 or (o.high_pass is not None and o.high_pass <= 0):
         raise DataError("--hrf-shift and --trim must be >= 0 seconds, --high-pass > 0 Hz")
+    if o.dtype not in ("float16", "float32"):
+        raise DataError(f"--dtype {o.dtype}: choose float16 or float32")
     kind, specs, found = find_runs(source, task=o.task, space=o.space, res=o.res,
                                    derivatives=Path(o.derivatives) if o.derivatives else None, subjects=o.subjects)
     conditions, names = (o.conditions, o.class_names) if o.conditions else \
@@ -221,7 +219,8 @@ def import_study(source: str | Path, out: str | Path, options: ImportOptions | N
     work.release(remove=True)
     plans = prep.plans
     return Summary(out=out, kind=f"{KINDS[prep.kind]} {source}", task=plans[0].spec.task,
-                   space={"bids": o.space, "hcp": "MNINonLinear"}.get(prep.kind, "MNI, as given"), subjects=len({p.spec.subject for p in plans}),
+                   space={"bids": o.space, "hcp": "MNINonLinear"}.get(prep.kind, "MNI, as given"),
+                   subjects=len({p.spec.subject for p in plans}),
                    runs=len(plans), tr=plans[0].tr, tr_source=tr_sources(plans), n_voxels=done.n_voxels,
                    conditions=prep.conditions, class_names=prep.names, kept=done.kept.tolist(),
                    dropped=dropped_counts(plans), frames=sum(p.n_frames for p in plans), test=done.test,
@@ -318,7 +317,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--res", metavar="N", help="fMRIPrep res-<N> to read when there are several; default: the only one")
     s.add_argument("--derivatives", metavar="DIR", help="the fMRIPrep derivatives folder; default: found under "
                                                         "SOURCE/derivatives/")
-    s.add_argument("--subjects", nargs="+", metavar="ID", help="import these subjects only (sub-01 or 01); default: all")
+    s.add_argument("--subjects", nargs="+", metavar="ID",
+                   help="import these subjects only (sub-01 or 01); default: all")
     lab = p.add_argument_group("labels")
     lab.add_argument("--hrf-shift", type=float, default=HRF_SHIFT, metavar="S", help=(
         "a volume acquired at time t takes the condition of the event that holds t - S: the BOLD response peaks "

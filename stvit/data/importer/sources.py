@@ -7,9 +7,9 @@ time is written) in a fixed order (subject, session, task, run), checked before 
   (the folder whose dataset_description.json names fMRIPrep, or `--derivatives DIR`); events from the raw tree
   (`sub-*/[ses-*/]func/*_events.tsv`, or a less specific file up the BIDS inheritance chain). A run with derivatives
   in a non-MNI space only (`space-T1w`, or no space: native) is refused: stvit's grid is MNI.
-- HCP: `SOURCE/<subject>/MNINonLinear/Results/tfMRI_<TASK>_{LR,RL}/tfMRI_<TASK>_{LR,RL}.nii.gz` with `EVs/<condition>.txt`
-  (FSL 3-column); the run label is the phase-encoding direction (LR, RL). HCP has no JSON sidecar: the repetition
-  time comes from the NIfTI header (0.72 s).
+- HCP: `SOURCE/<subject>/MNINonLinear/Results/tfMRI_<TASK>_{LR,RL}/tfMRI_<TASK>_{LR,RL}.nii.gz` with
+  `EVs/<condition>.txt` (FSL 3-column); the run label is the phase-encoding direction (LR, RL). HCP has no JSON
+  sidecar: the repetition time comes from the NIfTI header (0.72 s).
 - CSV: one row per run, columns `bold,events,subject,run,tr` (`session`, `task` optional; paths relative to the
   table; events a BIDS .tsv, an FSL .txt, or a folder of FSL files).
 """
@@ -204,8 +204,8 @@ def find_bids(root: Path, task: str | None, space: str, res: str | None, derivat
             groups.setdefault(key, []).append((p, e))
     runs = []
     for key, group in sorted(groups.items()):
-        e = group[0][1]
-        bold = _pick_space(group, space, res, "_".join(f"{k}-{v}" for k, v in zip(("sub", "ses", "task", "acq", "dir", "run", "echo"), key) if v))
+        name = "_".join(f"{k}-{v}" for k, v in zip(("sub", "ses", "task", "acq", "dir", "run", "echo"), key) if v)
+        bold = _pick_space(group, space, res, name)
         e = entities(bold)
         run = "-".join(v for v in (e.get("acq"), e.get("dir"), e.get("run"), e.get("echo")) if v) or "1"
         runs.append(RunSpec(e["sub"], e.get("ses", ""), task, run, bold, _events_for(root, e, bold),

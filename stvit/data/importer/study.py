@@ -427,7 +427,8 @@ def make_hcp_release(root: str | Path, *, subjects: int = 2, task: str = "EMOTIO
                 (results / "EVs").mkdir(parents=True, exist_ok=True)
                 (results / "EVs" / f"{c}.txt").write_text("\n".join(rows) + "\n")
             (results / "EVs" / "Sync.txt").write_text("0.0\n")
-            np.savetxt(results / "Movement_Regressors.txt", np.hstack([parts["motion"], np.gradient(parts["motion"], axis=0)]),
+            motion = parts["motion"]
+            np.savetxt(results / "Movement_Regressors.txt", np.hstack([motion, np.gradient(motion, axis=0)]),
                        fmt="%.6f")
             study.runs.append(RunTruth(str(sid), "", direction, bold, events, _truth(parts["regressors"], conditions)))
     return study

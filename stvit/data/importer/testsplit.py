@@ -3,8 +3,9 @@
 `--test-subjects` is a count (`3`), a fraction of the subjects (`0.2`, rounded, at least one, never all) or a file
 of subject ids (one a line; `sub-01` or `01`). Stratified: the subjects, sorted by their class shares, are cut into
 as many strata as test subjects, and one subject is drawn from each with the seed: the same study and seed give
-the same split, another seed another one, and the test split spans the study's mix of class shares. A study of one subject has no whole subject to hold out: its test split is
-then whole runs (the same count or fraction, of its runs), and the summary says so.
+the same split, another seed another one, and the test split spans the study's mix of class shares. A study of
+one subject has no whole subject to hold out: its test split is then whole runs (the same count or fraction, of
+its runs), and the summary says so.
 """
 from __future__ import annotations
 
