@@ -12,6 +12,10 @@ volumes in the file's training split, the validation volumes excluded); validati
 transformed with them. In-brain voxels: those non-zero in at least one training volume (the baseline's rule);
 every other voxel is set to 0 in every volume, so the background stays exactly 0. A voxel constant over the
 training volumes is only centred. Memory: blocks of `BLOCK` volumes, float64 sums; the volumes change in place.
+
+A run with `data.standardize` keeps its statistics in its directory (`STATS_FILE`: mask, mean, std, n), and a
+trained run (`stvit.load`, `python -m stvit.predict`, `python -m stvit.embed`) applies them to every volume it
+is given, after the preparation the run's data file had: new input is transformed exactly as the test split was.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 BLOCK = 64  # volumes per pass (~40 MB of (53, 63, 46) float32 temporaries)
+STATS_FILE = "standardize.npz"  # in the run directory: the training split's statistics
 
 
 @dataclass
@@ -31,6 +36,23 @@ class VoxelStats:
     mean: np.ndarray
     std: np.ndarray
     n: int  # training volumes they come from
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What `STATS_FILE` holds."""
+        return {"mask": self.mask, "mean": self.mean, "std": self.std, "n": np.int64(self.n)}
+
+    @classmethod
+    def read(cls, path) -> VoxelStats:
+        """The statistics in an .npz written from `arrays` (ValueError when it is not one)."""
+        with np.load(path) as f:
+            try:
+                stats = cls(f["mask"].astype(bool), f["mean"].astype(np.float64), f["std"].astype(np.float64),
+                            int(f["n"]))
+            except KeyError as e:
+                raise ValueError(f"not a file of per-voxel statistics (no {e})") from None
+        if stats.mean.shape != (int(stats.mask.sum()),) or stats.std.shape != stats.mean.shape:
+            raise ValueError(f"{stats.mask.sum()} masked voxels but {len(stats.mean)} means, {len(stats.std)} stds")
+        return stats
 
 
 def fit_voxel_stats(X: np.ndarray, rows: np.ndarray, block: int = BLOCK) -> VoxelStats:
@@ -58,6 +80,8 @@ def fit_voxel_stats(X: np.ndarray, rows: np.ndarray, block: int = BLOCK) -> Voxe
 def apply_voxel_stats(X: np.ndarray, stats: VoxelStats, block: int = BLOCK) -> np.ndarray:
     """Standardize every volume of X (N, ...) in place with `stats`; voxels outside the mask set to 0."""
     flat = X.reshape(len(X), -1)  # a view: X is C-contiguous (every reader returns it so)
+    if flat.shape[1] != len(stats.mask):
+        raise ValueError(f"volumes of {flat.shape[1]} voxels, statistics of {len(stats.mask)}")
     mean, std = stats.mean.astype(X.dtype), stats.std.astype(X.dtype)
     for s in range(0, len(X), block):
         values = (flat[s:s + block][:, stats.mask] - mean) / std

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from stvit.data import HCPData
 from stvit.data.standardize import apply_voxel_stats, fit_voxel_stats, standardize_split
@@ -86,9 +87,58 @@ def test_a_run_with_standardize_fits_on_its_training_split(tiny, tmp_path, monke
     assert json.loads((out / "config.json").read_text())["data"]["standardize"] is True
 
 
-def test_resume_refuses_to_turn_standardize_on(tiny_run, capsys):
+def test_resume_refuses_to_turn_standardize_on(tiny, tmp_path, capsys):
     from helpers import run_main
 
-    assert run_main(["--resume", str(tiny_run), "--standardize"]) == 2  # refused before anything is written
+    data, cfg = tiny
+    out = tmp_path / "plain"
+    assert run_main(["--data", str(data), "--config", str(cfg), "--out", str(out), "--quiet", "--pretrain-epochs",
+                     "0", "--ft-epochs", "1", "--no-baseline"]) == 0
+    capsys.readouterr()
+    assert run_main(["--resume", str(out), "--standardize"]) == 2  # refused before anything is written
     err = capsys.readouterr().err
     assert "--standardize" in err and "another run" in err
+    assert not (out / "standardize.npz").exists()
+
+
+def test_a_trained_run_applies_its_training_statistics_to_new_input(tiny, tmp_path, capsys):
+    """A run with --standardize saves the statistics of its training volumes; `stvit.load` and `python -m
+    stvit.predict` apply them, so the run's raw test volumes give exactly the probabilities its evaluation saved."""
+    import shutil
+
+    from helpers import run_main
+
+    import stvit
+    from stvit import predict
+    from stvit.data.standardize import STATS_FILE, VoxelStats
+    from stvit.errors import UserError, run_cli
+
+    data, cfg = tiny
+    out = tmp_path / "std"
+    assert run_main(["--data", str(data), "--config", str(cfg), "--out", str(out), "--quiet", "--standardize",
+                     "--pretrain-epochs", "0", "--ft-epochs", "1", "--no-baseline"]) == 0
+    z = np.load(data)
+    split = json.loads((out / "split.json").read_text())
+    saved = VoxelStats.read(out / STATS_FILE)
+    want = fit_voxel_stats(z["X_train"].astype(np.float32), np.array(split["train"]))
+    np.testing.assert_array_equal(saved.mask, want.mask)
+    np.testing.assert_array_equal(saved.mean, want.mean)
+    np.testing.assert_array_equal(saved.std, want.std)
+    assert saved.n == len(split["train"])
+
+    probs = np.load(out / "predictions.npz")["test_probs"]
+    run = stvit.load(out, device="cpu")
+    assert run.voxel_stats is not None
+    assert np.array_equal(run.predict_proba(z["X_test"]), probs)  # raw volumes in, the evaluation's numbers out
+    table = tmp_path / "p.csv"
+    assert run_cli(predict.main, [str(out), str(data), "--out", str(table), "--device", "cpu"]) == 0
+    lines = [line.split(",") for line in table.read_text().splitlines()[1:]]
+    test = np.array([[float(v) for v in r[-2:]] for r in lines if r[0] == "test"], dtype=np.float32)
+    assert np.array_equal(test, probs)
+    capsys.readouterr()
+
+    gone = tmp_path / "gone"
+    shutil.copytree(out, gone)
+    (gone / STATS_FILE).unlink()
+    with pytest.raises(UserError, match="training statistics are missing"):
+        stvit.load(gone, device="cpu")

@@ -11,8 +11,9 @@ truth     an independent logistic regression from the generator's own ground tru
           source resolution (every 8th brain voxel), detrended and z-scored per voxel with scipy/numpy, the frames
           labelled by the generator (a condition's response above half its peak), fitted on the import's training
           subjects (C by 3-fold subject-grouped CV among them) and scored on its test subjects
-hcp       one HCP-sized subject (2 runs x 176 frames of 91 x 109 x 91, TR 0.72 s, 3 fear + 3 neut blocks of 18 s):
-          the per-run cost that the 1,000-subject estimate scales
+hcp       one HCP-sized subject (2 runs x 176 frames of 91 x 109 x 91, int16, TR 0.72 s, fear/neut blocks of 18 s)
+          imported with --jobs 1 and --jobs 2 under /usr/bin/time -v: wall and CPU time, peak memory, file size,
+          per 1,000 frames, and the 1,000-subject estimate scaled from them
 cpu       the CPU time of an import of 2 of the 12 subjects (1 job): on a shared machine CPU seconds, not wall time,
           say what an idle core would take
 Writes results.json beside this script; each step reads what an earlier step left in DIR.
@@ -111,17 +112,39 @@ def step_truth(work: Path, res: dict) -> None:
 
 
 def step_hcp(work: Path, res: dict) -> None:
+    """One HCP-sized subject imported with 1 job and with 2 jobs; per 1,000 frames and the 1,000-subject estimate."""
     src = work / "hcp1"
     if not src.exists():
         make_hcp_release(src, subjects=1, design=HCP_DESIGN, signal=SIGNAL)
     size = sum(p.stat().st_size for p in src.rglob("*.nii.gz"))
-    r = timed(import_cmd(src, work / "hcp1.h5", "--test-subjects", "1"))
     from stvit.data.packed import PackedFile
 
-    with PackedFile(work / "hcp1.h5") as p:
-        kept, voxels = p.n, p.voxels.shape[1]
-    res["hcp"] = {**r, "frames": 2 * HCP_DESIGN.frames, "kept": kept, "voxels": voxels, "source_bytes": size,
-                  "bytes": (work / "hcp1.h5").stat().st_size}
+    frames = 2 * HCP_DESIGN.frames
+    out = {"frames": frames, "grid": "91 x 109 x 91 (MNI152NLin6Asym, 2 mm), int16 with scl_slope",
+           "source_bytes": size}
+    for jobs in (1, 2):
+        r = timed(import_cmd(src, work / f"hcp1-j{jobs}.h5", "--test-subjects", "1", "--jobs", str(jobs)))
+        with PackedFile(work / f"hcp1-j{jobs}.h5") as p:
+            kept, voxels = p.n, p.voxels.shape[1]
+        nbytes = (work / f"hcp1-j{jobs}.h5").stat().st_size
+        per = 1000 / frames
+        out[f"jobs{jobs}"] = {**r, "kept": kept, "voxels": voxels, "bytes": nbytes,
+                              "per_1000_frames": {"seconds": round(r["seconds"] * per, 1),
+                                                  "cpu_seconds": round(r["cpu_seconds"] * per, 1),
+                                                  "bytes": round(nbytes * per)}}
+    j1, j2 = out["jobs1"], out["jobs2"]
+    out["same_bytes"] = (work / "hcp1-j1.h5").read_bytes() == (work / "hcp1-j2.h5").read_bytes()
+    n = 1000  # subjects of the HCP-sized study: 1,000 x 2 runs x 176 frames
+    out["estimate_1000_subjects"] = {
+        "frames": n * frames,
+        "hours_jobs1_wall": round(n * j1["seconds"] / 3600, 1),
+        "hours_jobs2_wall": round(n * j2["seconds"] / 3600, 1),
+        "hours_one_idle_core_from_cpu_time": round(n * j1["cpu_seconds"] / 3600, 1),
+        "gb_file": round(n * j1["bytes"] / 1e9, 1),
+        "gb_source": round(n * size / 1e9, 1),
+        "peak_rss_mb": max(j1["peak_rss_mb"], j2["peak_rss_mb"]),
+    }
+    res["hcp"] = out
 
 
 def step_cpu(work: Path, res: dict) -> None:

@@ -64,10 +64,11 @@ def load_run_confounds(bold: Path, strategies: Sequence[str], n_frames: int) -> 
     return values, kept
 
 
-def clean_run(series: np.ndarray, inside: np.ndarray, tr: float, cleaning: Cleaning,
+def clean_run(series: np.ndarray, inside: np.ndarray, tr: float | None, cleaning: Cleaning,
               confounds: np.ndarray | None = None, kept: np.ndarray | None = None) -> np.ndarray:
     """(T', V) float32: the in-brain columns (`inside`, (V,) bool) of a run's series (T, V) cleaned over time,
-    0 elsewhere; T' = the frames `kept` (all when None; censored frames leave, as nilearn's sample_mask does)."""
+    0 elsewhere; T' = the frames `kept` (all when None; censored frames leave, as nilearn's sample_mask does).
+    `tr` (s) may be None without a high-pass filter."""
     from nilearn.signal import clean
 
     n = len(series)

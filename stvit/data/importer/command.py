@@ -346,7 +346,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="voxel storage (z-scored data needs no more than float16); default: float16")
     o.add_argument("--jobs", type=_positive_int, default=1, metavar="N", help="runs processed in parallel; default: 1")
     o.add_argument("--force", action="store_true", help="replace an existing FILE; default: refuse")
-    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    o.add_argument("--quiet", action="store_true",
+                   help="no progress bar (it is off anyway when stderr is not a terminal)")
     return p
 
 

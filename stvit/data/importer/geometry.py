@@ -2,10 +2,13 @@
 space, its repetition time from the header, and its frames resampled a few at a time.
 
 The grid is SPM's 3 mm box [-78 -112 -50; 78 76 85] mm, 53 x 63 x 46, axis 0 from left (x = -78) to right
-(`stvit.data.dataset.grid_affine`). A series is resampled through its own affine (nibabel's: the sform, else
-the qform) onto that grid with nilearn's `resample_img` (continuous interpolation, i.e. cubic splines), so an
-image stored with x decreasing along its first axis (radiological order, FSL's MNI152) lands the right way round:
-orientation comes from the affine, never from the array's order.
+(`stvit.data.dataset.grid_affine`). A series already on that grid is read as stored; any other is resampled
+through its own affine (nibabel's: the sform, else the qform) onto that grid with nilearn's `resample_img`
+(continuous interpolation, i.e. cubic splines), so an image stored with x decreasing along its first axis
+(radiological order, FSL's MNI152) lands the right way round: orientation comes from the affine, never from the
+array's order; the resampled frames are 0 wherever the source frame's nearest voxel is 0, so interpolation never
+fills the background. `stvit.data.series` (a series for
+a trained run: `stvit.load`, `python -m stvit.predict`) reads through these same functions.
 
 The brain mask: nilearn's MNI152 brain mask (`load_mni152_brain_mask()`, the 1 mm ICBM152 2009 template's grey +
 white matter above 0.2, shipped inside nilearn: nothing is downloaded) resampled to the grid (nearest neighbour):
@@ -63,7 +66,7 @@ def open_series(path: Path):
     return img
 
 
-def check_mni(img, path: Path) -> float:
+def check_mni(img, path: Path | None) -> float:
     """Refuse a series whose header places it in scanner or Talairach coordinates, or gives no orientation, or
     whose field of view misses the MNI brain; returns the share of the grid's brain inside its field of view."""
     sform, qform = int(img.header["sform_code"]), int(img.header["qform_code"])
@@ -95,14 +98,15 @@ def header_tr(img) -> float | None:
     return float(zooms[3]) * TIME_UNITS.get(unit, 1.0)
 
 
-def read_frames(img, path: Path, start: int, stop: int) -> np.ndarray:
-    """Frames [start, stop) as float32 (X, Y, Z, k), scaled (int16 with scl_slope: nibabel applies it); DataError
-    for a truncated or damaged file and for frames holding NaN/Inf."""
+def read_frames(img, path: Path | None, start: int, stop: int) -> np.ndarray:
+    """Frames [start, stop) as float32 (X, Y, Z, k) (a 3D image: its one frame), scaled (int16 with scl_slope:
+    nibabel applies it); DataError for a truncated or damaged file and for frames holding NaN/Inf."""
     try:
-        data = np.asarray(img.dataobj[..., start:stop], dtype=np.float32)
+        data = np.asarray(img.dataobj[..., start:stop] if len(img.shape) == 4 else img.dataobj, dtype=np.float32)
     except Exception as err:  # noqa: BLE001 - gzip/zlib/EOF errors of a truncated file
         raise DataError(f"cannot read frames {start}-{stop - 1} (truncated or damaged file?): "
                         f"{type(err).__name__}: {err}", path) from None
+    data = data.reshape(*data.shape[:3], -1)
     bad = ~np.isfinite(data).reshape(-1, data.shape[-1]).all(0)
     if bad.any():
         frames = (np.flatnonzero(bad) + start).tolist()
@@ -111,22 +115,45 @@ def read_frames(img, path: Path, start: int, stop: int) -> np.ndarray:
     return data
 
 
-def series_on_grid(img, path: Path, chunk: int = CHUNK_FRAMES) -> np.ndarray:
-    """(T, V) float32: every frame resampled onto the grid, at the grid mask's voxels (`grid_index` order),
-    `chunk` frames at a time (peak memory: a chunk of the source in float64, not the whole series)."""
+def on_grid(img) -> bool:
+    """The image's voxels are the grid's: same shape and (to 1e-4 mm) the same affine."""
+    return tuple(img.shape[:3]) == VOLUME_SHAPE and np.allclose(img.affine, grid_affine(), atol=1e-4)
+
+
+def chunk_on_grid(img, path: Path | None, start: int, stop: int) -> np.ndarray:
+    """Frames [start, stop) on the grid, (53, 63, 46, k) float32. An image on the grid already (`on_grid`): the
+    stored values, no interpolation. Any other: resampled through its affine (continuous interpolation), each
+    frame 0 outside its own non-zero voxels resampled by nearest neighbour, so that interpolation never fills the
+    background (a spline's ringing would make it non-zero everywhere)."""
     import nibabel
     from nilearn.image import resample_img
 
-    n = img.shape[3]
+    data = read_frames(img, path, start, stop)
+    if on_grid(img):
+        return data
+    grid = {}
+    for name, values, how in (("values", data, "continuous"),
+                              ("support", (data != 0).astype(np.float32), "nearest")):
+        moved = resample_img(nibabel.Nifti1Image(values, img.affine), target_affine=grid_affine(),
+                             target_shape=VOLUME_SHAPE, interpolation=how, force_resample=True, copy_header=True)
+        grid[name] = np.asarray(moved.dataobj, dtype=np.float32).reshape(*VOLUME_SHAPE, -1)
+    return np.where(grid["support"] > 0.5, grid["values"], np.float32(0))
+
+
+def frame_count(img) -> int:
+    """Frames of a 4D series (1 for a 3D volume)."""
+    return int(img.shape[3]) if len(img.shape) == 4 else 1
+
+
+def series_on_grid(img, path: Path, chunk: int = CHUNK_FRAMES) -> np.ndarray:
+    """(T, V) float32: every frame on the grid (`chunk_on_grid`), at the grid mask's voxels (`grid_index`
+    order), `chunk` frames at a time (peak memory: a chunk of the source in float64, not the whole series)."""
+    n = frame_count(img)
     index = grid_index()
     out = np.empty((n, len(index)), np.float32)
     for a in range(0, n, chunk):
-        data = read_frames(img, path, a, min(a + chunk, n))
-        moved = resample_img(nibabel.Nifti1Image(data, img.affine), target_affine=grid_affine(),
-                             target_shape=VOLUME_SHAPE, interpolation="continuous", force_resample=True,
-                             copy_header=True)
-        grid = np.asarray(moved.dataobj, dtype=np.float32)  # (53, 63, 46, k)
-        out[a:a + data.shape[-1]] = grid.reshape(-1, data.shape[-1])[index].T
+        grid = chunk_on_grid(img, path, a, min(a + chunk, n))
+        out[a:a + grid.shape[-1]] = grid.reshape(-1, grid.shape[-1])[index].T
     return out
 
 

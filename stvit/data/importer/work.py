@@ -30,7 +30,7 @@ from stvit.data.importer.clean import Cleaning, clean_run, zscore_rows
 from stvit.data.importer.geometry import CHUNK_FRAMES, open_series, series_on_grid, support
 from stvit.data.importer.plan import RunPlan
 
-PART_VERSION = 1  # bump when a part's content changes for the same inputs
+PART_VERSION = 2  # bump when a part's content changes for the same inputs
 
 
 @dataclass
