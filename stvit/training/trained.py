@@ -150,12 +150,14 @@ class TrainedRun:
         return self.standardize(zscore_volumes(X) if d.zscore else X)
 
     def standardize(self, X: np.ndarray) -> np.ndarray:
-        """X (N, *volume) in place with the run's per-voxel training statistics (`data.standardize`); X unchanged
-        for a run trained without them."""
+        """X (N, *volume) with the run's per-voxel training statistics (`data.standardize`): in place, or on a copy
+        when X is read-only or not C-ordered; X unchanged for a run trained without them."""
         if self.voxel_stats is None:
             return X
         from stvit.data.standardize import apply_voxel_stats
 
+        if not (X.flags.writeable and X.flags.c_contiguous):
+            X = np.array(X, order="C", copy=True)
         return apply_voxel_stats(X, self.voxel_stats)
 
     def _split(self, X: np.ndarray) -> DeviceSplit:
@@ -302,7 +304,7 @@ def read_inputs(path, run: TrainedRun, *, clean: bool = True, tr: float | None =
         check_values(X, "the series", path, False, run.cfg.data.max_abs)
         if run.cfg.data.zscore:
             zscore_volumes(X)
-        run.standardize(X)
+        X = run.standardize(X)
         n = len(X)
         how = (f"NIfTI series, {n} frames{', TR %g s' % s.tr if s.tr else ', no TR in the header'}, "
                f"{'resampled to' if s.resampled else 'on'} the model grid, "
@@ -321,7 +323,7 @@ def read_inputs(path, run: TrainedRun, *, clean: bool = True, tr: float | None =
     parts = []
     for name in ("train", "test"):
         X, y, ids = data.split(name)
-        X = run.standardize(np.ascontiguousarray(X))
+        X = run.standardize(X)
         n = len(X)
         onset = (data.meta or {}).get(name, {}).get("onset")
         time = np.asarray(onset, np.float64) if onset is not None else np.full(n, np.nan)
