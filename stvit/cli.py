@@ -199,6 +199,12 @@ FLAGS: tuple[Flag, ...] = (
         "random deformation inside the brain), scale (intensities times a random factor), noise (Gaussian, inside "
         "the brain); their strengths: the config's augment section; the flag alone: none; "
         f"default: {' '.join(c.augment.ops) or 'none'}"), {"nargs": "*", "choices": AUGMENTS, "metavar": "OP"}),
+    Flag(("--standardize",), "data.standardize", "data", lambda c, d: (
+        "standardize each in-brain voxel with the mean and std of the TRAINING volumes (validation and test only "
+        "transformed; the statistics saved in the run directory and applied by stvit.load, predict and embed): for "
+        "files not cleaned per voxel, e.g. volumes z-scored per volume only, where the mean brain image hides the "
+        "signal; a study imported by python -m stvit.data import is already cleaned per run "
+        f"(stvit.data.standardize); default: {_on(c.data.standardize)}"), {**SWITCH, "default": None}),
     Flag(("--nan-to-zero",), "data.nan_to_zero", "data",
          "set NaN/Inf voxels to 0 instead of refusing the file; default: refuse",
          {"action": "store_true", "default": None}),

@@ -166,6 +166,9 @@ class DataConfig:
     flip_fraction: float = 0.1  # share of training volumes flipped each epoch
     flip_axis: int = 0  # axis of the (53, 63, 46) volume: 0 = left-right
     zscore: bool = False  # per-volume z-scoring for inputs that are not already normalized
+    # per-voxel standardization fitted on the training split alone (stvit.data.standardize): for files whose
+    # volumes were not cleaned per voxel; an imported study (python -m stvit.data import) already is
+    standardize: bool = False
     nan_to_zero: bool = False  # repair NaN/Inf voxels instead of refusing the file
     synth_train: int = 3200  # size of the built-in synthetic set
     synth_test: int = 800

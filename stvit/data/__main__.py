@@ -1,4 +1,5 @@
-"""`python -m stvit.data inspect FILE` and `python -m stvit.data synth --out FILE`.
+"""`python -m stvit.data inspect FILE`, `python -m stvit.data synth --out FILE` and
+`python -m stvit.data import SOURCE --out FILE` (stvit.data.importer).
 
 inspect: the variables (from the headers), then the checked contents (label balance, subjects, value range,
 in-brain voxels) and `valid`, or the problem as `error: <file>: <problem>` with exit code 2.
@@ -66,11 +67,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="volume dtype in the file; default: float64, as the course file")
     s.add_argument("--force", action="store_true", help="overwrite an existing file; default: refuse")
+    from stvit.data.importer.command import add_parser as add_import  # the importer of real studies
+
+    add_import(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "import":
+        from stvit.data.importer.command import main as import_main
+
+        return import_main(args)
     return inspect(args) if args.command == "inspect" else synth(args)
 
 

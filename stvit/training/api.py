@@ -97,6 +97,7 @@ class Plan:
     echo: bool = True
     command: str | None = None
     report: bool = True
+    shared_data: bool = False  # `data` came from the caller (a fold, a search, the estimator): never changed in place
 
 
 # --- the config ----------------------------------------------------------------------------------------------------
@@ -276,6 +277,7 @@ def plan(request: Request, data: D.HCPData | None = None) -> Plan:
         result = _plan_resume(request, data) if request.resume else _plan_new(request, data)
         result.evaluate, result.quiet, result.echo = request.evaluate, request.quiet, request.echo
         result.command, result.report = request.command, request.report
+        result.shared_data = data is not None
         if request.stage not in cli.STAGE_CHOICES:
             raise UserError(f"unknown stage '{request.stage}' (choose from {', '.join(cli.STAGE_CHOICES)})")
         check_world(result.cfg)
@@ -385,6 +387,8 @@ def run(plan: Plan, *, on_epoch: Callable[[dict], None] | None = None) -> dict |
         device = DIST.local_device(cli.resolve_device(cfg.train.device))
         origin = provenance(plan.command, device)
         precision = Precision.resolve(cfg.train.precision, device)
+        if cfg.data.standardize:
+            plan.data = standardized(plan, run_dir)
         if plan.evaluate:
             splits = Splits.build(plan.data, plan.split, device, precision.storage_dtype)
         else:
@@ -422,6 +426,22 @@ def run(plan: Plan, *, on_epoch: Callable[[dict], None] | None = None) -> dict |
         raise
     finally:
         run_dir.close()
+
+
+def standardized(plan: Plan, run_dir: RunDir) -> D.HCPData:
+    """`data.standardize`: the run's data set with each in-brain voxel standardized by the statistics of the run's
+    training volumes (validation and test only transformed; a copy when the caller owns the data, so that a search
+    or a cross-validation never standardizes twice), the statistics saved in the run directory
+    (`standardize.STATS_FILE`, what `stvit.load` applies to new input)."""
+    from stvit.data.standardize import STATS_FILE, standardize_split
+
+    data = plan.data
+    if plan.shared_data:
+        data = dataclasses.replace(data, X_train=np.array(data.X_train, order="C", copy=True),
+                                   X_test=np.array(data.X_test, order="C", copy=True))
+    stats = standardize_split(data, plan.split["train"])
+    run_dir.write_arrays(STATS_FILE, **stats.arrays())
+    return data
 
 
 def timed_run(plan: Plan, **kw) -> tuple[dict | None, float]:

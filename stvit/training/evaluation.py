@@ -48,7 +48,7 @@ def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, pre
     names = list(cfg.data.class_names)
     v_probs, v_y, _, _ = predict_split(fn, clf, splits.val, cfg)
     probs, y, idx, _ = predict_split(fn, clf, splits.test(), cfg)
-    from stvit.training.metrics import classification_metrics  # scikit-learn, only when metrics are computed
+    from stvit.training.metrics import classification_metrics, learned_nothing  # scikit-learn, when computed
 
     metrics = {
         "test": classification_metrics(y, probs, names),
@@ -59,8 +59,13 @@ def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, pre
         "data": data.source,
         "kernels": ops.to_json(),
     }
-    if metrics["selected_on"] == "test":
-        metrics["warning"] = LEAK_WARNING
+    warned = [LEAK_WARNING] if metrics["selected_on"] == "test" else []
+    nothing = learned_nothing(run.records(), probs.argmax(1), y, data.y_train[splits.index["train"]], names)
+    if nothing is not None:
+        run.note(nothing)
+        warned.append(nothing)
+    if warned:  # "warning": every text in one string, as before; "warnings": one entry each
+        metrics["warning"], metrics["warnings"] = " ".join(warned), warned
     arrays = {}
     if cfg.train.baseline and run.main:
         from stvit.training.baseline import baseline_metrics  # scikit-learn, only when the baseline is fitted
@@ -111,4 +116,7 @@ def result_line(m: dict) -> str:
     b = m.get("baseline")
     if b is not None:
         line += f" | baseline (logistic regression, C {b['C']:g}): {scores(b)}"
+    for w in m.get("warnings", []):  # the gist of each (stderr and metrics.json "warnings" have them whole)
+        head, _, text = w.partition(": ")
+        line += f" | {head}: {text.split('. ')[0].split(': ')[0]}"
     return line

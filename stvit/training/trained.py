@@ -10,7 +10,9 @@ device and precision, with class probabilities and embeddings for volumes in mem
 The model is read by the run directory's one loader (`rundir.load_model`, checkpoints/best.pt), and predicted
 through the evaluation's own path (`fit.predict_split`, `engine.predict`: the same batches, padding and
 precision), so a run's test volumes give exactly the probabilities its predictions.npz holds.
-Input is prepared as the run's data file was (`data.nan_to_zero`, `data.max_abs`, `data.zscore` of its config).
+Input is prepared as the run's data file was (`data.nan_to_zero`, `data.max_abs`, `data.zscore` of its config),
+then, for a run trained with `data.standardize`, standardized per voxel with the statistics of that run's training
+volumes (`standardize.npz` in the run directory), as its validation and test volumes were.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from stvit.training.rundir import RunDir, load_model, read_checkpoint
 from stvit.training.stages import FINETUNE, choose_ops
 
 LEVELS = ("volume", "slice")
+STANDARDIZED = ", standardized per voxel with the training statistics of the run"  # (data.standardize)
 # what `load` requires of a run directory
 REQUIRES = ("checkpoints/best.pt (the fine-tuned classifier) and checkpoints/last.pt showing that the fine-tuning "
             "stage ran all its epochs")
@@ -56,7 +59,29 @@ def load(run_dir, *, device: str | torch.device = "auto", precision: str = "auto
     prec = Precision.resolve(cfg.train.precision if precision == "auto" else precision, dev)
     trained.model.use_ops(choose_ops(cfg, dev, prec).ops)
     return TrainedRun(run.path, cfg, trained.model, dev, prec, dict(epoch=trained.state.get("epoch"),
-                                                                     val_acc=trained.state.get("val_acc")))
+                                                                     val_acc=trained.state.get("val_acc")),
+                      voxel_stats=read_voxel_stats(run.path, cfg))
+
+
+def read_voxel_stats(path: Path, cfg: Config):
+    """The per-voxel statistics a run with `data.standardize` saved (`VoxelStats`), None for a run without it; a
+    UserError naming the file when the run needs them and they are missing or unreadable."""
+    if not cfg.data.standardize:
+        return None
+    from stvit.data.standardize import STATS_FILE, VoxelStats
+
+    file = Path(path) / STATS_FILE
+    if not file.is_file():
+        raise UserError("the run was trained with data.standardize but its training statistics are missing: new "
+                        "input cannot be standardized as its test split was", file)
+    try:
+        stats = VoxelStats.read(file)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the run's per-voxel statistics ({e})", file) from None
+    if stats.mask.shape != (int(np.prod(cfg.model.volume)),):
+        raise UserError(f"per-voxel statistics of {stats.mask.size} voxels for volumes of "
+                        f"{fmt_shape(tuple(cfg.model.volume))}", file)
+    return stats
 
 
 def check_finished(run: RunDir) -> None:
@@ -94,8 +119,9 @@ class TrainedRun:
     run directory; `cfg`: its config; `model`: the module (eval mode) on `device`; `precision`: its policy."""
 
     def __init__(self, path: Path, cfg: Config, model: torch.nn.Module, device: torch.device, precision: Precision,
-                 best: dict[str, Any]):
+                 best: dict[str, Any], voxel_stats=None):
         self.path, self.cfg, self.model, self.device, self.precision = Path(path), cfg, model, device, precision
+        self.voxel_stats = voxel_stats  # `VoxelStats` of a run trained with data.standardize, else None
         self.best_epoch, self.val_accuracy = best.get("epoch"), best.get("val_acc")
         self._fns: dict[str, Any] = {}
 
@@ -115,11 +141,24 @@ class TrainedRun:
     def prepare(self, X, what: str = "X") -> np.ndarray:
         """(N, *volume) float32, a new array: volumes as an array (N, 53, 63, 46), or a list of NIfTI images or
         paths in MNI space (`series.images_on_grid`), prepared as the run's data file was (NaN/Inf and the bound on
-        |voxel| checked, z-scored when its config says `data.zscore`). DataError for anything unusable."""
+        |voxel| checked, z-scored when its config says `data.zscore`), then standardized per voxel with the run's
+        training statistics when it was trained with `data.standardize` (`standardize`). DataError for anything
+        unusable."""
         shape, d = self.volume_shape, self.cfg.data
         X = as_volumes(X, shape, what)
         check_values(X, what, None, d.nan_to_zero, d.max_abs)
-        return zscore_volumes(X) if d.zscore else X
+        return self.standardize(zscore_volumes(X) if d.zscore else X)
+
+    def standardize(self, X: np.ndarray) -> np.ndarray:
+        """X (N, *volume) with the run's per-voxel training statistics (`data.standardize`): in place, or on a copy
+        when X is read-only or not C-ordered; X unchanged for a run trained without them."""
+        if self.voxel_stats is None:
+            return X
+        from stvit.data.standardize import apply_voxel_stats
+
+        if not (X.flags.writeable and X.flags.c_contiguous):
+            X = np.array(X, order="C", copy=True)
+        return apply_voxel_stats(X, self.voxel_stats)
 
     def _split(self, X: np.ndarray) -> DeviceSplit:
         return DeviceSplit(X, np.zeros(len(X), np.int64), self.device, self.precision.storage_dtype)
@@ -174,7 +213,8 @@ class TrainedRun:
     def __getstate__(self) -> dict:
         return {"path": str(self.path), "config": self.cfg.to_dict(), "weights": {k: v.cpu() for k, v in
                 self.model.state_dict().items()}, "device": str(self.device), "precision": self.precision.name,
-                "best": {"epoch": self.best_epoch, "val_acc": self.val_accuracy}}
+                "best": {"epoch": self.best_epoch, "val_acc": self.val_accuracy},
+                "voxel_stats": None if self.voxel_stats is None else self.voxel_stats.arrays()}
 
     def __setstate__(self, state: dict) -> None:
         """The module rebuilt from its own weights (the run directory may be gone), on the same device if there is
@@ -188,7 +228,12 @@ class TrainedRun:
         model = FINETUNE.build_model(built)
         model.load_state_dict(state["weights"])
         model = model.to(device).eval().use_ops(choose_ops(cfg, device, prec).ops)
-        self.__init__(Path(state["path"]), cfg, model, device, prec, state["best"])
+        stats = state.get("voxel_stats")
+        if stats is not None:
+            from stvit.data.standardize import VoxelStats
+
+            stats = VoxelStats(stats["mask"], stats["mean"], stats["std"], int(stats["n"]))
+        self.__init__(Path(state["path"]), cfg, model, device, prec, state["best"], voxel_stats=stats)
 
 
 def as_volumes(X, shape: tuple[int, ...], what: str = "X") -> np.ndarray:
@@ -259,10 +304,12 @@ def read_inputs(path, run: TrainedRun, *, clean: bool = True, tr: float | None =
         check_values(X, "the series", path, False, run.cfg.data.max_abs)
         if run.cfg.data.zscore:
             zscore_volumes(X)
+        X = run.standardize(X)
         n = len(X)
         how = (f"NIfTI series, {n} frames{', TR %g s' % s.tr if s.tr else ', no TR in the header'}, "
                f"{'resampled to' if s.resampled else 'on'} the model grid, "
-               f"{'cleaned (detrend, z-score over time) and ' if s.cleaned else ''}z-scored per volume")
+               f"{'cleaned (detrend, z-score over time) and ' if s.cleaned else ''}z-scored per volume"
+               f"{STANDARDIZED if run.voxel_stats else ''}")
         return Inputs([X], np.full(n, "", dtype="<U5"), np.arange(n), s.times.astype(np.float64), np.full(n, ""),
                       np.full(n, -1, np.int64), str(path), how)
     if tr is not None or not clean:
@@ -276,13 +323,15 @@ def read_inputs(path, run: TrainedRun, *, clean: bool = True, tr: float | None =
     parts = []
     for name in ("train", "test"):
         X, y, ids = data.split(name)
+        X = run.standardize(X)
         n = len(X)
         onset = (data.meta or {}).get(name, {}).get("onset")
         time = np.asarray(onset, np.float64) if onset is not None else np.full(n, np.nan)
         parts.append((X, np.full(n, name), np.arange(n), time, ids if ids is not None else np.full(n, ""), y))
     cols = [np.concatenate([p[i] for p in parts]) for i in range(1, 6)]
     counts = ", ".join(f"{len(p[0])} {p[1][0]}" for p in parts)
-    return Inputs([p[0] for p in parts], *cols, source=str(path), how=f"data file, {counts} volumes")
+    how = f"data file, {counts} volumes{STANDARDIZED if run.voxel_stats else ''}"
+    return Inputs([p[0] for p in parts], *cols, source=str(path), how=how)
 
 
 # --- the files of the predict and embed commands -----------------------------------------------------------------

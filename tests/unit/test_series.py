@@ -140,3 +140,20 @@ def test_refusals_are_one_line_naming_the_file(case, match, tmp_path):
     with pytest.raises(DataError, match=match) as err:
         series.read_series(path, clean=case != "nan")
     assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_a_series_is_prepared_exactly_as_the_importer_prepares_a_run(tmp_path):
+    """One implementation: read_series gives, voxel for voxel, what the importer's geometry and cleaning give."""
+    from stvit.data.importer.clean import Cleaning, clean_run, zscore_rows
+    from stvit.data.importer.geometry import grid_index, open_series, series_on_grid, support
+
+    rng = np.random.default_rng(3)
+    mm = world(RADIOLOGICAL, SHAPE_2MM)
+    frames = np.stack([field(mm, t) + rng.normal(scale=0.2, size=SHAPE_2MM) for t in np.linspace(0, 1, 6)], -1)
+    frames[:10] = 0  # a background the resampling must not fill
+    path = save(tmp_path, "bold.nii.gz", frames, RADIOLOGICAL, int16=True, tr=2.0)
+    got = series.read_series(path).volumes.reshape(6, -1)[:, grid_index()]
+    grid = series_on_grid(open_series(path), path)
+    inside = support(grid)
+    want = zscore_rows(clean_run(grid, inside, 2.0, Cleaning()), inside)
+    np.testing.assert_array_equal(got, want)
