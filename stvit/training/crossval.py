@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from stvit import data as D
-from stvit.cli import read_config_file
+from stvit.cli import check_path, check_writable, read_config_file
 from stvit.config import Config
 from stvit.errors import NonFiniteLoss, UserError, WriteError
 from stvit.training import api
@@ -110,11 +110,12 @@ def plan_cv(request: api.Request, *, folds: int = 5, within_train: bool = False)
     """A new cross-validation (`request.out`, or runs/cv-<preset>-<time>) of `folds` folds with the request's
     recipe, or, with `request.resume`, the one in that directory with its own config and folds."""
     if request.resume:
-        return _plan_resume(Path(request.resume))
+        return _plan_resume(check_path(request.resume))
     if folds < 2:
         raise UserError(f"--folds must be >= 2, got {folds}")
     cfg = api.resolve_config(request)
     out = Path(request.out) if request.out else Path("runs") / f"cv-{cfg.preset}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    check_writable(out, "directory")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         hint = "continue it with --resume" if (out / FOLDS_FILE).exists() else "choose another --out"
         raise UserError(f"exists and is not an empty directory; {hint}", out)
@@ -125,9 +126,11 @@ def plan_cv(request: api.Request, *, folds: int = 5, within_train: bool = False)
                         f"own (use --folds {subjects} or fewer)", pool.source)
     fold = D.subject_folds(pool.ids, pool.y, folds, cfg.train.seed)
     plan = CVPlan(cfg, out, pool, fold, False, RunDir(out).fingerprint())
-    for f in range(plan.k):  # each fold's validation split and batch, before anything is written
+    for f in range(plan.k):  # each fold's validation split, batch and classes, before anything is written
         light = fold_data(pool, fold, f, with_volumes=False)
-        api.check_split(cfg, api.make_split(cfg, light), light)
+        split = api.make_split(cfg, light)
+        api.check_split(cfg, split, light)
+        api.check_classes(cfg, split, light)
     return plan
 
 
@@ -138,11 +141,48 @@ def _plan_resume(out: Path) -> CVPlan:
         cfg = Config.from_dict(read_config_file(out / "config.json"))
     except (ValueError, TypeError) as e:
         raise UserError(str(e), out / "config.json") from None
-    record = read_config_file(out / FOLDS_FILE)
+    record = read_folds(out / FOLDS_FILE)
     pool = pool_volumes(api.load_data(cfg), record["within_train"])
     if pool.fingerprint() != record["fingerprint"] or len(pool.y) != len(record["fold"]):
         raise UserError(f"the data is not the one the folds in {FOLDS_FILE} were made for", pool.source)
-    return CVPlan(cfg, out, pool, np.asarray(record["fold"], np.int64), True, RunDir(out).fingerprint())
+    plan = CVPlan(cfg, out, pool, np.asarray(record["fold"], np.int64), True, RunDir(out).fingerprint())
+    for f in range(plan.k):  # a finished fold is read, not rerun: its metrics must be whole
+        read_fold_metrics(out / f"fold-{f + 1}" / "metrics.json")
+    return plan
+
+
+def read_folds(path: Path) -> dict[str, Any]:
+    """folds.json, checked: the fields a resumed cross-validation uses, of the right types."""
+    record = read_config_file(path)
+    fold = record.get("fold")
+    ok = (isinstance(record.get("within_train"), bool) and isinstance(record.get("fingerprint"), str)
+          and isinstance(fold, list) and len(fold) > 0
+          and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in fold))
+    if ok:
+        k = max(fold) + 1
+        ok = k >= 2 and len(set(fold)) == k and record.get("folds", k) == k
+    if not ok:
+        raise UserError("damaged: not the folds a cross-validation wrote (needs within_train, fingerprint and fold: "
+                        "a fold number >= 0 per volume, at least 2 folds); restore it, or start a new "
+                        "cross-validation with --out", path)
+    return record
+
+
+def read_fold_metrics(path: Path) -> dict[str, Any] | None:
+    """A finished fold's metrics.json (None when the fold is not finished); damaged: a UserError saying how to
+    redo the fold's evaluation."""
+    if not path.is_file():
+        return None
+    try:
+        m = json.loads(path.read_text())
+        ok = isinstance(m, dict) and isinstance(m.get("test"), dict) and "best_epoch" in m \
+            and all(k in m["test"] for k in ("n", *METRICS))
+    except (ValueError, UnicodeDecodeError, OSError):
+        ok = False
+    if not ok:
+        raise UserError("damaged (not the metrics a fold's run wrote); remove it, and --resume evaluates the fold "
+                        "again from its checkpoints", path)
+    return m
 
 
 def start(plan: CVPlan, run: RunDir) -> None:
@@ -166,8 +206,9 @@ def start(plan: CVPlan, run: RunDir) -> None:
 def run_fold(plan: CVPlan, f: int, quiet: bool) -> dict[str, Any] | None:
     """Fold f's metrics: read when the fold is done, else its run (continued from last.pt when there is one)."""
     out = plan.out / f"fold-{f + 1}"
-    if (out / "metrics.json").is_file():
-        return json.loads((out / "metrics.json").read_text())
+    done = read_fold_metrics(out / "metrics.json")
+    if done is not None:
+        return done
     fold = RunDir(out)
     if fold.has("last.pt"):
         request = api.Request(resume=out, quiet=quiet)
@@ -291,10 +332,13 @@ def run_cv(plan: CVPlan, quiet: bool = False) -> dict[str, Any]:
             say(result_line(m), flush=True)
             results.append(m)
         cv = summarize(plan, results)
+        f = None  # every fold is done: what is left is the summary
         write_summary(plan, run, cv)
         return cv
     except (NonFiniteLoss, WriteError) as e:
-        e.hint = f"fold {f + 1} stopped; python -m stvit.cv --resume {plan.out} continues it"
+        e.hint = (f"fold {f + 1} stopped, the folds before it are intact; python -m stvit.cv --resume {plan.out} "
+                  "continues it" if f is not None else f"every fold is done and intact; python -m stvit.cv "
+                  f"--resume {plan.out} writes the summary")
         raise
     finally:
         run.close()
