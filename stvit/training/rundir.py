@@ -243,9 +243,11 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
         state = ckpt.load(path)
     except Exception as e:  # noqa: BLE001 - a truncated, foreign or unsafe file
         text = str(e)
-        if "WeightsUnpickler error:" in text:  # torch's safe loader refused it; its advice to turn that off is not ours
-            detail = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
-            if "Unsupported global" in detail:
+        if "WeightsUnpickler error:" in text or "Weights only load failed" in text:
+            # torch's safe loader refused it; its advice to turn that off is not ours to repeat
+            marker = "WeightsUnpickler error:" if "WeightsUnpickler error:" in text else "trusted source."
+            detail = " ".join(text.split(marker, 1)[-1].split("Check the documentation")[0].split())
+            if "unsupported global" in detail.lower():
                 raise UserError("not a checkpoint stvit reads: it holds Python objects other than tensors and plain "
                                 f"values ({detail.split('.')[0]}), and loading those would run code from the file",
                                 path) from None
