@@ -149,8 +149,10 @@ class ModelConfig:
         for width, heads in (("dim", "heads"), ("dim", "temporal_heads"), ("decoder_dim", "decoder_heads")):
             w, h = getattr(self, width), getattr(self, heads)
             _need(w % h == 0, heads, f"must divide {width} {w}", h)
-        for k in ("mlp_ratio", "temporal_mlp_ratio", "decoder_mlp_ratio"):
+        for k, width in (("mlp_ratio", "dim"), ("temporal_mlp_ratio", "dim"), ("decoder_mlp_ratio", "decoder_dim")):
             in_range(self, k, 0, MAX_MLP_RATIO, low_open=True)
+            w = getattr(self, width)
+            _need(int(w * getattr(self, k)) >= 1, k, f"leaves an MLP of no unit at {width} {w}", getattr(self, k))
         for k in ("norm_eps", "init_std"):
             in_range(self, k, 0, 1, low_open=True)
         in_range(self, "dropout", 0, 1, high_open=True)

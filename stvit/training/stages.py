@@ -78,14 +78,11 @@ def memory_bytes(device: torch.device) -> int | None:
         return None
 
 
-def check_model_size(cfg: ModelConfig, device: torch.device | str = "cpu") -> dict[str, int]:
-    """Every stage's model of `cfg` built on the meta device (shapes only, no memory): a config that cannot be built,
-    or whose training state alone (`TRAIN_BYTES_PER_PARAM` per parameter) is more than the memory of `device`, is a
-    UserError saying so. Returns each stage's parameter count."""
-    import dataclasses
-
-    device = torch.device(device)
-    cfg = dataclasses.replace(cfg, kernels="eager")
+@functools.lru_cache(maxsize=64)
+def _parameter_counts(fields: tuple) -> dict[str, int] | str:
+    """Each stage's parameter count of the model config with these field values, built on the meta device; or why
+    it cannot be built. Cached: the folds of cv and tune plan the same config again and again."""
+    cfg = ModelConfig(*fields)
     counts = {}
     for stage in STAGES.values():
         try:
@@ -93,9 +90,22 @@ def check_model_size(cfg: ModelConfig, device: torch.device | str = "cpu") -> di
                 model = stage.build_model(cfg)
         except (RuntimeError, ValueError, OverflowError, MemoryError, TypeError) as e:
             first = (str(e).strip().splitlines() or [""])[0]
-            raise UserError(f"the {stage.name} model of this config cannot be built ({type(e).__name__}: "
-                            f"{first}); check the model section's sizes") from None
+            return (f"the {stage.name} model of this config cannot be built ({type(e).__name__}: {first}); check "
+                    "the model section's sizes")
         counts[stage.name] = sum(p.numel() for p in model.parameters())
+    return counts
+
+
+def check_model_size(cfg: ModelConfig, device: torch.device | str = "cpu") -> dict[str, int]:
+    """Every stage's model of `cfg` built on the meta device (shapes only, no memory): a config that cannot be built,
+    or whose training state alone (`TRAIN_BYTES_PER_PARAM` per parameter) is more than the memory of `device`, is a
+    UserError saying so. Returns each stage's parameter count."""
+    import dataclasses
+
+    device = torch.device(device)
+    counts = _parameter_counts(dataclasses.astuple(dataclasses.replace(cfg, kernels="eager")))
+    if isinstance(counts, str):
+        raise UserError(counts)
     stage, n = max(counts.items(), key=lambda kv: kv[1])
     have = memory_bytes(device)
     if have is not None and n * TRAIN_BYTES_PER_PARAM > have:
