@@ -1,7 +1,7 @@
 """Faults for real, not imitated: a full disk (a small tmpfs), a read-only file system (a tmpfs mounted ro), a second
 process holding a directory's lock, a search killed with SIGKILL and run again at once. Mounting needs root (CI
 runs as root); where it is impossible the tests that mount say so and skip. A mocked full disk stays beside the real
-one in tests/test_reliability.py."""
+one in tests/e2e/test_reliability.py."""
 from __future__ import annotations
 
 import json
@@ -21,8 +21,6 @@ from stvit.training.rundir import RunDir
 
 from fault_helpers import ENV, fake_run, fill, held_by_another_process, one_line, snapshot, tiny_config, tmpfs
 from helpers import TINY_RUN, run_main, write_tiny_data
-
-pytestmark = pytest.mark.e2e
 
 SIZE_KB = 2600  # the tmpfs of the issue's reproduction
 # pre-training two epochs, fine-tuning one: a checkpoint is ~120 KB, so with 200 KB free the first last.pt fits and

@@ -27,7 +27,6 @@ def peak_gb() -> float:
 
 
 def measure(variant: str, n_train: int, n_test: int) -> dict:
-    import numpy as np
 
     from stvit.training import baseline as B
     from stvit.data import make_synthetic, split_train_val
