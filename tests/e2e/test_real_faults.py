@@ -169,6 +169,50 @@ def test_the_data_cache_and_synth_on_a_real_full_disk(tmp_path, capsys, monkeypa
         assert sorted(os.listdir(disk)) == ["cache"]
 
 
+def test_explain_on_a_real_full_disk_is_one_line_exit_4_and_leaves_no_maps(tiny, tmp_path):
+    """explain of a run on a full tmpfs used to print an OSError traceback and leave an empty maps/. Now one line
+    naming the map file, exit 4, and neither maps/ nor its temporary folder."""
+    pytest.importorskip("captum")
+    data, _ = tiny
+    with tmpfs(tmp_path / "disk", 1024) as disk:
+        run = fake_run(disk / "run", tiny_config(data))
+        before = snapshot(run)
+        fill(disk, leave_kb=0)
+        r = subprocess.run([sys.executable, "-m", "stvit.explain", str(run), "--method", "attention", "--n", "2",
+                            "--quiet"], env=ENV, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 4, r.stderr[-3000:]
+        one_line(error_lines(r.stderr), str(run / "maps"), "cannot write (No space left on device)",
+                 "nothing was written")
+        assert snapshot(run) == before and sorted(os.listdir(run)) == ["checkpoints", "config.json", "figures",
+                                                                      "log.jsonl"]
+
+
+def test_cv_on_a_real_full_disk_is_one_line_exit_4_and_resume_finishes(tmp_path):
+    """cv into a tmpfs that fills during the first fold: it used to end in two tracebacks (torch's zip writer) and
+    exit 1. Now one line naming the file and how to continue, exit 4; after making room, --resume finishes."""
+    data = write_tiny_data(tmp_path / "tiny.npz")
+    recipe = {**TINY_RUN, "pretrain": {**TINY_RUN["pretrain"], "epochs": 1},
+              "finetune": {**TINY_RUN["finetune"], "epochs": 1}, "train": {**TINY_RUN["train"], "baseline": False}}
+    cfg = tmp_path / "recipe.json"
+    cfg.write_text(json.dumps(recipe))
+    with tmpfs(tmp_path / "disk", SIZE_KB) as disk:
+        out = disk / "cv"
+        filler = fill(disk, leave_kb=30)  # room for the folds' small files, not for fold 1's first checkpoint
+        r = subprocess.run([sys.executable, "-m", "stvit.cv", "--data", str(data), "--config", str(cfg), "--folds",
+                            "2", "--out", str(out)], env=ENV, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 4, r.stderr[-3000:]
+        line = one_line(error_lines(r.stderr), str(out / "fold-1" / "checkpoints"),
+                        ".pt: cannot write (No space left on device)", f"--resume {out}")
+        assert "Traceback" not in r.stderr and "it/s" not in r.stderr, line
+        assert not list(out.rglob("*.tmp"))
+        filler.unlink()
+        from stvit import cv
+
+        assert run_cli(cv.main, ["--resume", str(out), "--quiet"]) == 0
+        summary = strict_json(out / "cv.json")
+        assert len(summary["folds"]) == 2
+
+
 # --- a read-only file system ------------------------------------------------------------------------------------
 
 def test_a_read_only_cache_and_a_read_only_out_are_one_line(tiny, tmp_path, capsys, monkeypatch):

@@ -353,11 +353,11 @@ def test_tune_checks_options_and_storage_before_any_directory(tiny, tmp_path, ca
 # --- a path component over 255 bytes ---------------------------------------------------------------------------
 
 def commands():
-    from stvit import cv, explain, export, train, tune
+    from stvit import cv, embed, explain, export, predict, train, tune
     from stvit.data import __main__ as data_cli
 
     return {"train": train.main, "cv": cv.main, "tune": tune.main, "explain": explain.main, "export": export.main,
-            "data": data_cli.main}
+            "data": data_cli.main, "predict": predict.main, "embed": embed.main}
 
 
 LONG = "x" * 300
@@ -376,6 +376,8 @@ LONG = "x" * 300
     ("export", ["--checkpoint", "{tmp}/c.pt", "--out", "{long}.pt2"]),
     ("data", ["synth", "--out", "{long}.mat"]),
     ("data", ["inspect", "{long}.mat"]),
+    ("predict", ["{long}", "{data}", "--out", "{tmp}/p.csv"]),
+    ("embed", ["{tmp}", "{data}", "--out", "{long}.npz"]),
 ])
 def test_a_path_component_over_255_bytes_is_one_line(tiny, tmp_path, capsys, command, argv):
     if command == "tune":
