@@ -256,6 +256,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag(("--baseline",), "train.baseline", "evaluation", lambda c, d: (
         "a logistic-regression baseline on the in-brain voxels of the same training split, fitted and tested "
         f"beside the model in the final evaluation; default: {_on(c.train.baseline)}"), {**SWITCH, "default": None}),
+    Flag(("--test-permutations",), "train.permutations", "evaluation", lambda c, d: (
+        "label permutations of the test split's permutation test against chance (within subject and run, by whole "
+        "blocks when the data carry onsets), and subject resamples of the bootstrap intervals, in the final "
+        f"statistics; 0: neither (docs/evaluation.md); default: {c.train.permutations}"), INT),
 )
 FLAG_OF_KEY = {f.key: f.names[0] for f in FLAGS if f.key}
 

@@ -51,6 +51,7 @@ MAX_VOXELS_PER_AXIS = 1024  # volumes of the real data are 53 x 63 x 46; a 1 mm 
 MAX_DEPTH = 256  # blocks per transformer (the largest ViTs have 48)
 MAX_MLP_RATIO = 64.0  # MLP width / model width (ViTs use 4)
 MAX_SEED = 2**32 - 1  # numpy's global generator takes seeds below 2**32
+MAX_PERMUTATIONS = 1_000_000  # train.permutations: a (resamples x subjects) float64 matrix stays in memory
 
 
 class ConfigError(ValueError):
@@ -324,6 +325,9 @@ class TrainConfig:
     max_nonfinite_steps: int = 3
     log_every: int = 10
     baseline: bool = True  # a logistic-regression baseline beside the model in the final evaluation (stvit.baseline)
+    # label permutations of the permutation test against chance, and subject resamples of the bootstrap intervals, in
+    # the final statistics (stvit.training.stats); 10,000 take well under a second; 0: neither
+    permutations: int = 10_000
 
     def __post_init__(self):
         self.check()
@@ -331,6 +335,8 @@ class TrainConfig:
     def check(self) -> None:
         at_least(self, 1, "batch_size", "eval_batch_size", "max_nonfinite_steps", "log_every")
         in_range(self, "seed", 0, MAX_SEED)
+        at_least(self, 0, "seed")
+        in_range(self, "permutations", 0, MAX_PERMUTATIONS)
         one_of(self, "device", DEVICES)
         one_of(self, "precision", PRECISIONS)
 

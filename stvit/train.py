@@ -6,7 +6,8 @@ order, then the one evaluation of the test split with the checkpoint chosen on t
 (`--select-on-test` reproduces the seed's protocol, which picks the epoch on the test set, and says it leaks).
 
 Run directory: config.json, split.json, log.jsonl (one line per epoch), checkpoints/{last,best,pretrain}.pt,
-predictions.npz, metrics.json, figures/*.png (docs/training.md).
+predictions.npz, metrics.json (with the statistics of the test result and the run's provenance), figures/*.png,
+report.html (docs/training.md, docs/evaluation.md).
 
 Under `torchrun --nproc-per-node=N -m stvit.train ...` the same run is data-parallel (docs/distributed.md): the
 configured batch is the global batch, each rank steps on its shard of it, rank 0 alone writes the run directory,
@@ -22,7 +23,9 @@ from stvit import cli
 from stvit.errors import run_cli
 from stvit.training import api
 from stvit.training import distributed as DIST
+from stvit.training.rundir import RunDir
 from stvit.training.evaluation import result_line
+from stvit.training.provenance import command_line
 
 EPILOG = """examples:
   python -m stvit.train                                  the built-in synthetic set, the preset for this machine
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.INFO if DIST.is_main() else logging.WARNING, format="%(message)s")
     try:
-        plan = api.plan(api.Request.from_flags(args))
+        plan = api.plan(api.Request.from_flags(args, command_line("python -m stvit.train", argv)))
         if args.explain:
             from stvit.maps.job import check_explain  # every check of the maps, before the run writes anything
 
@@ -64,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     if metrics is None or not main_rank:
         return 0
     print(f"{result_line(metrics)}; total {seconds:.0f} s; {plan.run_dir / 'metrics.json'}")
+    if "stats" in metrics:
+        from stvit.training.stats import sentence
+
+        print(sentence(metrics["stats"]))
     if args.explain:
         from stvit.maps.job import explain_run, plan_maps, summary_lines
 
@@ -73,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
         if note:
             print(note, file=sys.stderr)
+        from stvit.training.report_page import write_report
+
+        write_report(RunDir(plan.run_dir))  # again, with the maps
     return 0
 
 

@@ -35,6 +35,7 @@ from stvit.model.vit import transfer_encoder
 from stvit.training import distributed as DIST
 from stvit.training.evaluation import evaluate
 from stvit.training.fit import Splits, fit
+from stvit.training.provenance import provenance
 from stvit.training.rundir import RunDir, load_model
 from stvit.training.stages import (FINETUNE, PRETRAIN, STAGES, check_model_size, choose_ops, memory_bytes,
                                    setup_stage)
@@ -58,15 +59,18 @@ class Request:
     evaluate: bool = True  # False: no final evaluation and no test split (a search's fold)
     quiet: bool = False  # no progress bars
     echo: bool = True  # print the run-directory line and each epoch's record (rank 0)
+    command: str | None = None  # the command line that asked for the run, for its provenance (None: from Python)
+    report: bool = True  # write report.html after the final evaluation
 
     @classmethod
-    def from_flags(cls, args) -> "Request":
-        """A request from a command's parsed flags (`cli.FLAGS`); flags a command does not take are left out."""
+    def from_flags(cls, args, command: str | None = None) -> "Request":
+        """A request from a command's parsed flags (`cli.FLAGS`); flags a command does not take are left out.
+        `command`: the command line as typed (`provenance.command_line`)."""
         values = cli.config_values(args)
         return cls(values=values, sources={k: cli.FLAG_OF_KEY[k] for k in values}, preset=getattr(args, "preset", None),
                    config_file=getattr(args, "config", None), out=getattr(args, "out", None),
                    resume=getattr(args, "resume", None), stage=getattr(args, "stage", None) or "all",
-                   quiet=bool(getattr(args, "quiet", False)))
+                   quiet=bool(getattr(args, "quiet", False)), command=command)
 
     def layers(self) -> list[tuple[dict[str, Any], str]]:
         """The config layers over the preset, in order, each with where it came from."""
@@ -93,6 +97,8 @@ class Plan:
     evaluate: bool = True
     quiet: bool = False
     echo: bool = True
+    command: str | None = None
+    report: bool = True
 
 
 # --- the config ----------------------------------------------------------------------------------------------------
@@ -130,7 +136,7 @@ def flatten(d: dict, where: str = "") -> dict[str, Any]:
 
 
 # how a run computes, not what it is (a stage's min_steps is already spent in its epochs, see `plan_new`)
-FREE = ("train.device", "train.compile", "train.log_every", *(f"{s}.min_steps" for s in STAGES))
+FREE = ("train.device", "train.compile", "train.log_every", "train.permutations", *(f"{s}.min_steps" for s in STAGES))
 
 
 def requested(request: Request, cfg: Config, where: Path) -> tuple[Config, dict[str, tuple[Any, Any, str]]]:
@@ -317,6 +323,7 @@ def plan(request: Request, data: D.HCPData | None = None) -> Plan:
     try:
         result = _plan_resume(request, data) if request.resume else _plan_new(request, data)
         result.evaluate, result.quiet, result.echo = request.evaluate, request.quiet, request.echo
+        result.command, result.report = request.command, request.report
         if request.stage not in cli.STAGE_CHOICES:
             raise UserError(f"unknown stage '{request.stage}' (choose from {', '.join(cli.STAGE_CHOICES)})")
         check_world(result.cfg)
@@ -417,7 +424,8 @@ def run(plan: Plan, *, on_epoch: Callable[[dict], None] | None = None) -> dict |
     """Carry out a checked plan: claim the run directory, start it, run the stages in order, then the final
     evaluation; its metrics (None without an evaluation). Releases the directory however it ends. `on_epoch`: a
     callback after every logged epoch (it may raise to stop the run there). Raises NonFiniteLoss or WriteError with
-    a hint saying what is intact and how to continue."""
+    a hint saying what is intact and how to continue. A run with an evaluation writes metrics.json with its
+    `provenance` (`plan.command`, versions, commit, start, host, device), then report.html (`plan.report`)."""
     run_dir = RunDir(plan.run_dir, echo=DIST.is_main() and plan.echo)
     claim(plan.fingerprint, run_dir)
     try:
@@ -425,6 +433,7 @@ def run(plan: Plan, *, on_epoch: Callable[[dict], None] | None = None) -> dict |
         cfg = plan.cfg
         rng.seed_everything(DIST.rank_seed(cfg.train.seed, DIST.rank()))
         device = DIST.local_device(cli.resolve_device(cfg.train.device))
+        origin = provenance(plan.command, device)
         precision = Precision.resolve(cfg.train.precision, device)
         if plan.evaluate:
             splits = Splits.build(plan.data, plan.split, device, precision.storage_dtype)
@@ -444,7 +453,12 @@ def run(plan: Plan, *, on_epoch: Callable[[dict], None] | None = None) -> dict |
 
         run_dir.write_figure(draw)
         if plan.evaluate and plan.stage in ("all", "finetune", "evaluate"):
-            return evaluate(run_dir, cfg, splits, device, precision, plan.data)
+            metrics = evaluate(run_dir, cfg, splits, device, precision, plan.data, origin)
+            if plan.report:
+                from stvit.training.report_page import write_report  # jinja2, only when a page is written
+
+                write_report(run_dir)
+            return metrics
         return None
     except NonFiniteLoss as e:
         last = run_dir.checkpoint("last.pt")

@@ -20,10 +20,11 @@ validation split, and scored once on the test split, inside the final evaluation
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -139,3 +140,96 @@ def baseline_metrics(data, index: dict[str, np.ndarray], class_names: Sequence[s
         "seconds": round(time.perf_counter() - t0, 2),
     }
     return section, probs
+
+
+def refitter(Xtr: np.ndarray, Xte: np.ndarray, C: float, num_classes: int, rtol: float = 1e-6, tol: float = 1e-7,
+             max_iter: int = 20_000) -> "Refitter":
+    """fit_predict(labels) -> test predictions, for the baseline's permutation null (`stats.refit_null`,
+    `stats.cv_refit_null`): the L2 logistic regression with the chosen C (intercept unpenalized, as scikit-learn's)
+    fitted again on the standardized training features Xtr (N, V) with the given labels (N,) or (P, N), predicting
+    the standardized test features Xte (M, V): (M,) or (P, M).
+
+    Each refit costs an (N, N) problem instead of an (N, V) one, exactly: the L2-penalized solution lies in the row
+    space of Xtr (the representer theorem: a weight component orthogonal to every training row changes no training
+    score and adds to the penalty). With the thin decomposition Xtr = U S W^T (U, S from the eigendecomposition of
+    the Gram matrix Xtr Xtr^T; directions whose eigenvalue is below `rtol` times the largest are dropped), w = W S^-1 a
+    gives training scores U a + b and the penalty sum(a^2 / s^2) / 2C; a test row's score is (Xte Xtr^T) U S^-2 a + b.
+
+    Two classes: every permutation of a batch is solved at once (matrix products over the (N, P) label matrix) by
+    majorization-minimization with Nesterov momentum and adaptive restart (O'Donoghue & Candes 2015): the logistic
+    loss's Hessian is bounded by 1/4 of the Gram matrix (Boehning 1992), which in these coordinates is the identity
+    (U^T U = I), so each step solves an arrowhead system (the diagonal plus the intercept's row) in O(N P). It stops
+    when no coordinate moves by more than `tol`; on the built-in set its test scores agree with scikit-learn's lbfgs
+    (at tol 1e-8) to 1e-4. More classes: scikit-learn's LogisticRegression on the (N, r) coordinates, one permutation
+    at a time."""
+    gram = (Xtr @ Xtr.T).astype(np.float64)  # (N, N)
+    eig, U = np.linalg.eigh(gram)
+    keep = eig > rtol * eig.max()
+    s2, U = eig[keep], U[:, keep]  # (r,), (N, r)
+    Kte = (Xte @ Xtr.T).astype(np.float64) @ (U / s2)  # (M, r): test scores per unit of a
+    return Refitter(U, s2, Kte, C, num_classes, tol, max_iter)
+
+
+@dataclass
+class Refitter:
+    """The baseline refitted on other labels (see `refitter`); `unconverged` counts fits stopped at `max_iter`."""
+
+    U: np.ndarray  # (N, r) orthonormal basis of the training rows' space
+    s2: np.ndarray  # (r,) eigenvalues of the Gram matrix
+    Kte: np.ndarray  # (M, r)
+    C: float
+    num_classes: int
+    tol: float
+    max_iter: int
+    batch: int = 128  # permutations per solve
+    unconverged: int = 0
+
+    def __call__(self, labels: np.ndarray) -> np.ndarray:
+        labels = np.asarray(labels)
+        Y = np.atleast_2d(labels)  # (P, N)
+        out = np.empty((len(Y), len(self.Kte)), np.int64)
+        for s in range(0, len(Y), self.batch):
+            out[s:s + self.batch] = (self.binary(Y[s:s + self.batch]) if self.num_classes == 2
+                                     else self.multiclass(Y[s:s + self.batch]))
+        return out[0] if labels.ndim == 1 else out
+
+    def binary(self, Y: np.ndarray) -> np.ndarray:
+        """(P, M) test predictions of the fits to the label rows Y (P, N) in {0, 1}."""
+        U, n = self.U, self.U.shape[0]
+        T = Y.T.astype(np.float64)  # (N, P)
+        pen = (1.0 / (self.C * self.s2))[:, None]  # (r, 1)
+        d = 0.25 + pen  # the bound's diagonal for a
+        v = U.T @ np.full(n, 0.25)  # (r,) its coupling with the intercept (0 for centred features, up to rounding)
+        schur = n / 4 - v @ (v / d[:, 0])
+        a, b = np.zeros((U.shape[1], len(Y))), np.zeros(len(Y))
+        ya, yb, t = a.copy(), b.copy(), 1.0
+        for it in range(self.max_iter):
+            g = 1.0 / (1.0 + np.exp(-(U @ ya + yb))) - T  # (N, P) residuals
+            ga, gb = U.T @ g + pen * ya, g.sum(0)
+            db = (gb - v @ (ga / d)) / schur  # the arrowhead system [[diag d, v], [v^T, n/4]] [da; db] = [ga; gb]
+            da = (ga - v[:, None] * db) / d
+            an, bn = ya - da, yb - db
+            restart = ((ga * (an - a)).sum(0) + gb * (bn - b)) > 0  # momentum pointing uphill
+            tn = (1 + math.sqrt(1 + 4 * t * t)) / 2
+            ya, yb = an + (t - 1) / tn * (an - a), bn + (t - 1) / tn * (bn - b)
+            ya[:, restart], yb[restart] = an[:, restart], bn[restart]
+            moved = max(float(np.abs(an - a).max()), float(np.abs(bn - b).max()))
+            a, b, t = an, bn, (1.0 if restart.all() else tn)
+            if moved < self.tol:
+                break
+        else:
+            self.unconverged += len(Y)
+        return ((self.Kte @ a + b) > 0).T.astype(np.int64)
+
+    def multiclass(self, Y: np.ndarray) -> np.ndarray:
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+
+        Z, Zte = self.U * np.sqrt(self.s2), self.Kte * np.sqrt(self.s2)  # (N, r) = U S, (M, r) = Xte W
+        out = []
+        for labels in Y:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                clf = LogisticRegression(C=self.C, max_iter=MAX_ITER).fit(Z, labels)
+            out.append(class_probs(clf, Zte, self.num_classes).argmax(1))
+        return np.stack(out)

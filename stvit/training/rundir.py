@@ -4,6 +4,7 @@
     log.jsonl          one line per epoch             checkpoints/       last.pt, best.pt, pretrain.pt
     metrics.json       the final evaluation           predictions.npz    the probabilities behind it
     figures/*.png      curves, confusion matrix       tensorboard/       when tensorboard is installed
+    report.html        one page for a person: what was run, scores, statistics, figures (`report_page.write_report`)
 
 Writes are atomic (a temporary file beside the target, fsynced, then `os.replace`): an interrupted write leaves
 the previous file intact. Under torchrun only rank 0 writes; a checkpoint save is also a barrier, so that no rank

@@ -7,7 +7,7 @@ import importlib
 import pytest
 
 COMMANDS = ["stvit.train", "stvit.profile", "stvit.data.__main__", "stvit.export", "stvit.model.__main__", "stvit.tune",
-            "stvit.cv"]
+            "stvit.cv", "stvit.report"]
 
 
 def parsers(module: str) -> list[argparse.ArgumentParser]:
