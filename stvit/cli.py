@@ -39,10 +39,22 @@ def resolve_device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
+def check_path(path: Path | str) -> Path:
+    """`path` as a name the system takes: a component longer than the file system allows (255 bytes), a path too
+    long, a loop of links... are a UserError naming it (not there yet is fine: the caller says what it needs)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as e:
+        raise UserError(f"cannot use this path ({e.strerror})", path) from None
+    return Path(path)
+
+
 def check_writable(path: Path | str, what: str = "directory") -> None:
     """`path` (a directory to create or fill, or a file to write) can be written: it is not under a file, and its
     first existing ancestor is a folder we may write into. UserError naming it otherwise."""
-    path = Path(path)
+    path = check_path(path)
     if path.exists():
         if what == "directory" and not path.is_dir():
             raise UserError("exists and is not a directory", path)
@@ -67,13 +79,15 @@ def default_preset(device: torch.device) -> str:
 
 def read_config_file(path: Path | str) -> dict[str, Any]:
     """The values of a JSON config file (nested like config.json); UserError naming the file otherwise."""
-    path = Path(path)
+    path = check_path(path)
     try:
         values = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError("no such file", path) from None
     except IsADirectoryError:
         raise UserError("is a folder, not a JSON config file", path) from None
+    except OSError as e:
+        raise UserError(f"cannot read it ({e.strerror})", path) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"not valid JSON ({e})", path) from None
     if not isinstance(values, dict):

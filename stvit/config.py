@@ -44,6 +44,13 @@ SCHEDULES = ("cosine", "step", "constant")
 POS_INITS = ("sincos", "normal")
 MASK_STRATEGIES = ("random", "attention")
 AUGMENTS = ("flip", "elastic", "scale", "noise")  # the training augmentations, in the order they are applied
+# Upper bounds of values that are absurd beyond them (the lower bounds are in each `check`): a size past these is a
+# typo, and some would hang or fail only after files are written (a depth of 2**63 builds blocks forever). The
+# model's total size is bounded against the machine's memory when a run is planned (`stvit.training.api`).
+MAX_VOXELS_PER_AXIS = 1024  # volumes of the real data are 53 x 63 x 46; a 1 mm whole-brain grid is ~200 a side
+MAX_DEPTH = 256  # blocks per transformer (the largest ViTs have 48)
+MAX_MLP_RATIO = 64.0  # MLP width / model width (ViTs use 4)
+MAX_SEED = 2**32 - 1  # numpy's global generator takes seeds below 2**32
 MAX_PERMUTATIONS = 1_000_000  # train.permutations: a (resamples x subjects) float64 matrix stays in memory
 
 
@@ -65,6 +72,11 @@ def show_value(v: Any) -> str:
         else repr(v)
 
 
+def _num(x: float) -> str:
+    """A bound as a message says it: whole numbers in full, others short."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
 def _need(ok: bool, key: str, problem: str, value: Any) -> None:
     if not ok:
         raise ConfigError(key, f"{problem}, got {show_value(value)}")
@@ -73,13 +85,19 @@ def _need(ok: bool, key: str, problem: str, value: Any) -> None:
 def at_least(obj, low: float, *keys: str) -> None:
     for k in keys:
         v = getattr(obj, k)
-        _need(v >= low, k, f"must be >= {low:g}", v)
+        _need(v >= low, k, f"must be >= {_num(low)}", v)
+
+
+def at_most(obj, high: float, *keys: str) -> None:
+    for k in keys:
+        v = getattr(obj, k)
+        _need(v <= high, k, f"must be <= {_num(high)}", v)
 
 
 def in_range(obj, key: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> None:
     v = getattr(obj, key)
     ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
-    _need(ok, key, f"must be in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}", v)
+    _need(ok, key, f"must be in {'(' if low_open else '['}{_num(low)}, {_num(high)}{')' if high_open else ']'}", v)
 
 
 def one_of(obj, key: str, choices: tuple) -> None:
@@ -120,18 +138,24 @@ class ModelConfig:
 
     def check(self) -> None:
         """Ranges and consistency (types are `from_dict`'s job); `ConfigError` naming the key."""
-        _need(all(v >= 1 for v in self.volume), "volume", "must be 3 sizes >= 1", list(self.volume))
+        _need(all(1 <= v <= MAX_VOXELS_PER_AXIS for v in self.volume), "volume",
+              f"must be 3 sizes in [1, {MAX_VOXELS_PER_AXIS}]", list(self.volume))
         ph, pw = self.patch
         if ph < 1 or pw < 1 or ph > self.volume[1] or pw > self.volume[2]:
             raise ConfigError("patch", f"{tuple(self.patch)} does not fit a {self.volume[1]}x{self.volume[2]} slice")
         at_least(self, 1, "dim", "depth", "heads", "temporal_depth", "temporal_heads", "head_hidden", "decoder_dim",
                  "decoder_depth", "decoder_heads")
         at_least(self, 2, "num_classes")
+        at_most(self, MAX_DEPTH, "depth", "temporal_depth", "decoder_depth")
         for width, heads in (("dim", "heads"), ("dim", "temporal_heads"), ("decoder_dim", "decoder_heads")):
             w, h = getattr(self, width), getattr(self, heads)
             _need(w % h == 0, heads, f"must divide {width} {w}", h)
-        for k in ("mlp_ratio", "temporal_mlp_ratio", "decoder_mlp_ratio", "norm_eps", "init_std"):
-            _need(getattr(self, k) > 0, k, "must be > 0", getattr(self, k))
+        for k, width in (("mlp_ratio", "dim"), ("temporal_mlp_ratio", "dim"), ("decoder_mlp_ratio", "decoder_dim")):
+            in_range(self, k, 0, MAX_MLP_RATIO, low_open=True)
+            w = getattr(self, width)
+            _need(int(w * getattr(self, k)) >= 1, k, f"leaves an MLP of no unit at {width} {w}", getattr(self, k))
+        for k in ("norm_eps", "init_std"):
+            in_range(self, k, 0, 1, low_open=True)
         in_range(self, "dropout", 0, 1, high_open=True)
         in_range(self, "mask_ratio", 0, 1, low_open=True, high_open=True)
         _need(self.len_keep >= 1, "mask_ratio", f"leaves no visible patch of {self.num_patches}", self.mask_ratio)
@@ -189,7 +213,7 @@ class DataConfig:
         in_range(self, "flip_fraction", 0, 1)
         one_of(self, "flip_axis", (0, 1, 2))
         at_least(self, 1, "synth_train", "synth_test")
-        at_least(self, 0, "synth_seed")
+        in_range(self, "synth_seed", 0, MAX_SEED)
         for k in ("max_train", "max_test"):
             if getattr(self, k) is not None:
                 at_least(self, 1, k)
@@ -260,6 +284,8 @@ class OptimConfig:
     def check(self) -> None:
         at_least(self, 0, "epochs", "warmup_epochs", "min_steps", "min_lr", "weight_decay")
         _need(self.lr > 0, "lr", "must be > 0", self.lr)
+        _need(self.min_lr <= self.lr, "min_lr", f"must be <= lr {self.lr:g} (the schedule decays from lr to min_lr)",
+              self.min_lr)
         one_of(self, "schedule", SCHEDULES)
         at_least(self, 1, "step_size")
         in_range(self, "gamma", 0, 1, low_open=True)
@@ -311,6 +337,7 @@ class TrainConfig:
 
     def check(self) -> None:
         at_least(self, 1, "batch_size", "eval_batch_size", "max_nonfinite_steps", "log_every")
+        in_range(self, "seed", 0, MAX_SEED)
         at_least(self, 0, "seed")
         in_range(self, "permutations", 0, MAX_PERMUTATIONS)
         one_of(self, "device", DEVICES)

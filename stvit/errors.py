@@ -8,12 +8,17 @@ exit code, without a traceback:
     3  NonFiniteLoss   training stopped on a loss that stayed non-finite
     4  WriteError      a file could not be written (a full disk, a quota, a read-only file system)
 
+The last resort: an OSError about a file that escaped every check (its `filename` set) is one line too, naming
+the file: exit 4 when it is a write that failed for space or a read-only file system, else 2. An OSError without a
+file is a bug, and keeps its traceback.
+
 A Python warning is one `warning: <message>` line (not the file, line number and source line Python adds by
 default); output into a pipe whose reader has gone (`python -m stvit.data inspect FILE | head -n 1`) ends the
 command quietly with exit status 141. Under torchrun only rank 0 prints (the others exit with the same code).
 """
 from __future__ import annotations
 
+import errno
 import os
 import select
 import sys
@@ -24,6 +29,8 @@ from typing import Callable
 # (`set -o pipefail`) see what they see for any other command at the head of a pipe. Python ignores SIGPIPE, so
 # it gets BrokenPipeError instead; the Python docs' recipe (signal module, "Note on SIGPIPE") exits with 1.
 EXIT_BROKEN_PIPE = 141
+# a write that failed for want of space or of a writable file system (exit 4, as WriteError)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 class UserError(Exception):
@@ -85,6 +92,12 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
             if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 alone says it
                 print(f"error: {err.line() if hasattr(err, 'line') else err}", file=sys.stderr, flush=True)
             code = err.exit_code
+        except OSError as err:
+            if isinstance(err, BrokenPipeError) or err.filename is None:
+                raise
+            code = 4 if err.errno in WRITE_ERRNOS else 2
+            if os.environ.get("RANK", "0") == "0":
+                print(f"error: {err.filename}: {err.strerror or err}", file=sys.stderr, flush=True)
         except SystemExit:  # argparse after --help or a usage error
             sys.stdout.flush()
             raise

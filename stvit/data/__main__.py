@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stvit.errors import run_cli
+from stvit.errors import WriteError, run_cli
 from stvit.data.dataset import MAX_ABS, SPLITS, DataError, HCPData, fmt_shape
 from stvit.data.files import FORMATS, describe, format_for, load_dataset
 from stvit.data.synth import write_synthetic
@@ -126,7 +126,9 @@ def summary(data: HCPData) -> list[str]:
 
 
 def synth(args) -> int:
-    out = Path(args.out)
+    from stvit.cli import check_path
+
+    out = check_path(args.out)
     fmt = args.format or format_for(out)
     if fmt is None:
         raise DataError(f"cannot tell the format from the name; pass --format {'|'.join(FORMATS)}", out)
@@ -134,11 +136,27 @@ def synth(args) -> int:
         raise DataError("folder does not exist", out.parent)
     if out.exists() and not args.force:
         raise DataError("file exists; pass --force to overwrite it", out)
+    folder = None
+    if fmt == "nifti":  # many files into one folder: hold its lock (the one directory lock of every command)
+        from stvit.training.rundir import RunDir
+
+        folder = RunDir(out, main=True)
+        folder.lock("folder", "wait for it to end, or choose another --out")
+        if any(out.iterdir()) and not args.force:
+            folder.close()
+            raise DataError("folder exists and is not empty; pass --force to write into it", out)
     start = time.perf_counter()
     try:
-        write_synthetic(out, args.n_train, args.n_test, args.seed, fmt=fmt, dtype=np.dtype(args.dtype))
-    except OSError as err:
-        raise DataError(f"cannot write ({err.strerror or err})", out) from None
+        write_synthetic(out, args.n_train, args.n_test, args.seed, fmt=fmt, dtype=np.dtype(args.dtype),
+                        replace=args.force)
+    except OSError as err:  # a full disk, a quota: a file is written atomically, a folder volume by volume
+        e = WriteError(out, err)
+        e.hint = ("the folder holds part of the set: make room and run the command again with --force"
+                  if fmt == "nifti" else "nothing was written; make room and run the command again")
+        raise e from None
+    finally:
+        if folder is not None:
+            folder.close()
     print(f"wrote {out}: {args.n_train} train + {args.n_test} test volumes, {fmt}, {args.dtype}, "
           f"{_size(out.stat().st_size)} in {time.perf_counter() - start:.1f} s")
     return 0

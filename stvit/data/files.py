@@ -50,6 +50,17 @@ def sniff(path: Path) -> str:
     raise DataError("not a MAT (v5/v7/v7.3), HDF5 or .npz file", path)
 
 
+def _exists(path: Path) -> bool:
+    """Whether `path` exists; a name the system refuses (a component over 255 bytes, ...) is a DataError."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:
+        raise DataError(f"cannot use this path ({e.strerror})", path) from None
+    return True
+
+
 def open_source(path: Path):
     """The reader of a file's format (a context manager with `variables`, `read_small`, `read_volumes`)."""
     return {"mat5": matv5.Mat5Source, "hdf5": mat73.HDF5Source, "npz": npz.NpzSource}[sniff(path)](path)
@@ -68,7 +79,7 @@ def load_dataset(path, *, volume_shape=VOLUME_SHAPE, num_classes: int = 2, nan_t
     """
     path = Path(path)
     volume_shape = tuple(int(s) for s in volume_shape)
-    if not path.exists():
+    if not _exists(path):
         raise DataError("no such file or folder", path)
     meta = None
     if path.is_dir() or path.suffix.lower() == ".csv":
@@ -122,7 +133,7 @@ def read_arrays(src, path: Path, volume_shape, num_classes: int, dtype) -> dict:
 def describe(path) -> tuple[str, dict[str, VarInfo]]:
     """(format, variables) from the headers only (no volume is read); DataError if the file can't be opened."""
     path = Path(path)
-    if not path.exists():
+    if not _exists(path):
         raise DataError("no such file or folder", path)
     if path.is_dir() or path.suffix.lower() == ".csv":
         csv_path, rows = nifti.read_csv(path)
@@ -153,11 +164,11 @@ def format_for(path) -> str | None:
     return {".mat": "mat", ".npz": "npz", ".h5": "mat73", ".hdf5": "mat73", "": "nifti"}.get(suffix)
 
 
-def write_dataset(path, data: HCPData, *, fmt: str | None = None, dtype=np.float64) -> None:
+def write_dataset(path, data: HCPData, *, fmt: str | None = None, dtype=np.float64, replace: bool = True) -> None:
     """Write `data` as MAT v5 (`mat`), MAT v7.3 (`mat73`: HDF5 with MATLAB's user block and attributes), `npz`,
     `packed` (`stvit.data.packed`: the in-brain voxels, float16 when `dtype` is float16, else float32),
-    converting the volumes to `dtype` a block at a time, atomically (temp file + `os.replace`); or as a NIfTI
-    folder (`nifti`: `path` is the folder, float32 volumes)."""
+    converting the volumes to `dtype` a block at a time, atomically (temp file + `os.replace`; `replace=False`:
+    never over a file that exists); or as a NIfTI folder (`nifti`: `path` is the folder, float32 volumes)."""
     path = Path(path)
     fmt = fmt or format_for(path)
     if fmt not in FORMATS:
@@ -173,7 +184,15 @@ def write_dataset(path, data: HCPData, *, fmt: str | None = None, dtype=np.float
     os.close(fd)
     try:
         {"mat": matv5.write, "mat73": mat73.write, "npz": npz.write}[fmt](tmp, data, dtype)
-        os.replace(tmp, path)
-    except BaseException:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # the mode any new file gets, not mkstemp's private 0600
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if `path` appeared meanwhile: never replaces a file another process wrote
+    except FileExistsError:
+        raise DataError("file exists (written meanwhile by another process); pass --force to overwrite it",
+                        path) from None
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise

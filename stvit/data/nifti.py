@@ -4,11 +4,19 @@ The CSV (`labels.csv`, or the one CSV in the folder, or the CSV itself given as 
 `file,label,subject,split` (split `train` or `test`, file relative to the CSV; `subject` optional). Each volume is a
 53x63x46 (or 53x63x46x1) `.nii` / `.nii.gz`, its voxel axes taken as stored. Needs nibabel
 (`pip install "stvit[nifti]"`).
+
+The table is checked like any data file: a row with more (or fewer) values than the header, a file outside the
+CSV's folder (an absolute path, or `..`), a file listed twice (in one split, or in both: a volume scored on what it
+was trained on), or a subject cell left empty while others are filled are refused with the line; an empty subject
+column is no subject column; other columns are ignored with a warning. A label is a class index or, with class
+names (`--class-names face shape`), a class name.
 """
 from __future__ import annotations
 
 import csv
 import math
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,16 +50,55 @@ def read_csv(path: Path) -> tuple[Path, list[dict]]:
             if missing:
                 raise DataError(f"CSV lacks the column(s) {', '.join(missing)} (expected header "
                                 f"{','.join(CSV_COLUMNS)})", csv_path)
+            extra = [c for c in fields if c not in CSV_COLUMNS]
+            if extra:
+                warnings.warn(f"{csv_path}: column(s) {', '.join(extra)} ignored (read: {','.join(CSV_COLUMNS)})",
+                              stacklevel=2)
             rows = []
             for line, raw in enumerate(reader, start=2):
-                row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
+                if None in raw or None in raw.values():
+                    n = len(fields) + len(raw.get(None, [])) - sum(v is None for v in raw.values())
+                    raise DataError(f"line {line}: {n} values for the {len(fields)} columns of the header", csv_path)
+                row = {k.strip().lower(): v.strip() for k, v in raw.items()}
                 split = row["split"].lower()
                 if split not in SPLITS:
                     raise DataError(f"line {line}: split '{row['split']}' is not train or test", csv_path)
                 rows.append(dict(row, split=split, line=line))
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"cannot read the CSV ({err})", csv_path) from None
+    check_rows(rows, csv_path)
     return csv_path, rows
+
+
+def check_rows(rows: list[dict], csv_path: Path) -> None:
+    """Each file inside the CSV's folder and listed once (never in two splits); subjects on every row or none (an
+    empty column is dropped: no subject ids)."""
+    seen: dict[str, dict] = {}
+    for r in rows:
+        file, line = r["file"], r["line"]
+        if not file:
+            raise DataError(f"line {line}: no file named", csv_path)
+        norm = os.path.normpath(file)
+        if os.path.isabs(file) or norm == ".." or norm.startswith(".." + os.sep):
+            raise DataError(f"line {line}: file '{file}' is outside the CSV's folder; volumes must sit in it or "
+                            "below it, named relative to it", csv_path)
+        if norm in seen:
+            first = seen[norm]
+            if first["split"] != r["split"]:
+                raise DataError(f"line {line}: file '{file}' is in the {first['split']} split (line {first['line']}) "
+                                f"and the {r['split']} split: it would be scored on what it was trained on (a leak)",
+                                csv_path)
+            raise DataError(f"line {line}: file '{file}' is listed twice (lines {first['line']} and {line})",
+                            csv_path)
+        seen[norm] = r
+    if rows and "subject" in rows[0]:
+        empty = [r["line"] for r in rows if not r["subject"]]
+        if len(empty) == len(rows):
+            for r in rows:
+                del r["subject"]  # an empty column: no subject ids
+        elif empty:
+            raise DataError(f"line {empty[0]}: empty subject, while other rows name theirs; give every row its "
+                            "subject (or leave the column empty on every row: no subject ids)", csv_path)
 
 
 def _label(value: str, line: int, class_names, csv_path: Path) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from stvit.data.dataset import ORIGIN_MM, VOLUME_SHAPE, DataError, HCPData
+from stvit.errors import WriteError
 
 GENERATOR_VERSION = 1
 VOLUMES_PER_SUBJECT = 16  # 8 per class
@@ -251,12 +252,12 @@ def make_synthetic(n_train: int, n_test: int, seed: int) -> HCPData:
 
 
 def write_synthetic(path, n_train: int, n_test: int, seed: int, *, fmt: str | None = None,
-                    dtype=np.float64) -> None:
+                    dtype=np.float64, replace: bool = True) -> None:
     """Generate the synthetic set and write it in the real layout (`files.write_dataset`: X (N, 53, 63, 46)
-    `dtype`, y (N, 1) double, ids as a char matrix), atomically."""
+    `dtype`, y (N, 1) double, ids as a char matrix), atomically (`replace=False`: never over an existing file)."""
     from stvit.data.files import write_dataset
 
-    write_dataset(path, make_synthetic(n_train, n_test, seed), fmt=fmt, dtype=dtype)
+    write_dataset(path, make_synthetic(n_train, n_test, seed), fmt=fmt, dtype=dtype, replace=replace)
 
 
 # --- the built-in set ---------------------------------------------------------------------------------------
@@ -273,11 +274,24 @@ def builtin_dataset_path(n_train: int, n_test: int, seed: int, cache_dir: str | 
     (n_train, n_test, seed, generator version)."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = folder / f"synth-v{GENERATOR_VERSION}-train{n_train}-test{n_test}-seed{seed}.mat"
-    if path.is_file():
-        return path
+    how = "set STVIT_CACHE to a folder you can write, or train on a file with --data"
+    try:
+        if path.is_file():
+            return path
+    except OSError as err:  # a name the system refuses (a component over 255 bytes)
+        raise DataError(f"cannot use this cache folder ({err.strerror}); {how}", folder) from None
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DataError(f"cannot create the cache folder ({err.strerror}); set STVIT_CACHE", folder) from None
-    write_synthetic(path, n_train, n_test, seed, fmt="mat", dtype=np.float32)
+        raise DataError(f"cannot create the cache folder ({err.strerror}); {how}", folder) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+        raise DataError(f"cannot write the built-in data set into this cache folder "
+                        f"({'read-only file system' if read_only else 'permission denied'}); {how}", folder)
+    try:
+        write_synthetic(path, n_train, n_test, seed, fmt="mat", dtype=np.float32)
+    except OSError as err:  # a full disk: the write is atomic, nothing is left in the cache
+        e = WriteError(path, err)
+        e.hint = f"nothing was written to the cache; make room (or {how}) and run the command again"
+        raise e from None
     return path

@@ -1,9 +1,16 @@
 """Explaining a run: which checkpoint, which volumes, which methods, where the maps go (`MapsPlan`, every check
 before anything is written), then the maps computed and written into a new folder (`explain_run`): one NIfTI per
 map, a stat map in three planes and a glass brain per map, peaks.csv, and maps.json (what was computed, on which
-volumes, with which checkpoint, the convergence deltas, the versions)."""
+volumes, with which checkpoint, the convergence deltas, the versions).
+
+While it computes, explain holds the run directory's lock (a run training there, or another explain of it, is
+refused, and the checkpoint cannot change under it); the maps are written into a temporary folder beside the
+output folder, renamed to it at the end: the output folder is complete or absent, never a mix."""
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +26,9 @@ from stvit.errors import UserError
 from stvit.maps.attribution import METHODS, Explained, explain, incomplete, pick_volumes
 from stvit.maps.render import render, support
 from stvit.model.precision import Precision
+from stvit.errors import WriteError
 from stvit.training.checkpoint import atomic_write_bytes
-from stvit.training.rundir import RunDir, TrainedModel
+from stvit.training.rundir import RunDir, TrainedModel, json_text
 
 INSTALL = "pip install 'stvit[maps]'"
 
@@ -47,6 +55,7 @@ def check_out(out: Path) -> None:
 def read_affine(path: str, shape: tuple[int, ...]) -> np.ndarray:
     import nibabel as nib
 
+    cli.check_path(path)
     try:
         img = nib.load(path)
     except FileNotFoundError:
@@ -92,7 +101,7 @@ def plan_maps(run_dir: Path | str, *, checkpoint: str = "best", split: str = "te
             raise UserError(f"{flag} must be >= 1, got {v}")
     methods = METHODS if method == "all" else (method,)
     require_packages(methods)
-    run = RunDir(run_dir, main=True, echo=False)
+    run = RunDir(cli.check_path(run_dir), main=True, echo=False)
     if not run.path.is_dir() or not (run.path / "config.json").is_file():
         raise UserError("not a run directory (no config.json)", run.path)
     trained = run.model(f"{checkpoint}.pt") if run.has(f"{checkpoint}.pt") else None
@@ -103,6 +112,7 @@ def plan_maps(run_dir: Path | str, *, checkpoint: str = "best", split: str = "te
                         "fine-tuned checkpoint", trained.path)
     cfg = trained.cfg
     out = Path(out) if out else run.path / "maps"
+    cli.check_writable(out, "directory")
     check_out(out)
     affine, source = (read_affine(affine_from, cfg.model.volume), str(affine_from)) if affine_from \
         else (grid_affine(), "SPM 3 mm grid [-78 -112 -50; 78 76 85], axis 0 left to right")
@@ -138,7 +148,63 @@ def load_volumes(p: MapsPlan, dtype: torch.dtype) -> DeviceSplit:
 
 
 def explain_run(p: MapsPlan, quiet: bool = False) -> Path:
-    """Compute the maps a plan asks for and write them into `p.out`; returns maps.json's path."""
+    """Hold the run directory's lock, compute the maps a plan asks for and write them into `p.out` (through a
+    temporary folder renamed at the end); returns maps.json's path."""
+    stamp = _stamp(p.trained.path)
+    p.run.lock(busy="wait for it to end (explain reads its checkpoint)")
+    try:
+        if _stamp(p.trained.path) != stamp:
+            raise UserError("changed while explain was starting (a run writing it?); run explain again",
+                            p.trained.path)
+        check_out(p.out)  # again, under the lock: another explain may have written it meanwhile
+        files, record = compute_maps(p, quiet)
+        write_maps(p.out, files, record)
+    finally:
+        p.run.close()
+    return p.out / "maps.json"
+
+
+def _stamp(path: Path) -> tuple:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def write_maps(out: Path, files: dict[str, bytes], record: dict[str, Any]) -> None:
+    """The maps' files and maps.json into a temporary folder beside `out`, then renamed to `out` (a new or empty
+    folder). A write that fails removes the temporary folder and is a WriteError naming the file."""
+    def failed(path: Path, err: OSError) -> WriteError:
+        e = WriteError(path, err)
+        e.hint = f"nothing was written to {out}; make room and run the same command again"
+        return e
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as err:
+        raise failed(out, err) from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # the mode any new folder gets, not mkdtemp's private one
+        for name, data in {**files, "maps.json": json_text(record).encode()}.items():
+            try:
+                atomic_write_bytes(tmp / name, lambda f, data=data: f.write(data))
+            except OSError as err:
+                raise failed(out / name, err) from None
+        try:
+            os.rename(tmp, out)  # replaces an empty folder; a folder someone filled meanwhile stays as it is
+        except OSError as err:
+            if out.is_dir() and any(out.iterdir()):
+                raise UserError("was filled by another process while the maps were computed; nothing of this "
+                                "explain was written", out) from None
+            raise failed(out, err) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def compute_maps(p: MapsPlan, quiet: bool = False) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The maps a plan asks for, rendered: (file name -> bytes, maps.json's record)."""
     t0 = time.perf_counter()
     precision = Precision.resolve(p.cfg.train.precision, p.device)
     model = p.trained.model.to(p.device)
@@ -150,12 +216,7 @@ def explain_run(p: MapsPlan, quiet: bool = False) -> Path:
         if name.startswith("attention"):  # spread over patches, which reach past the brain
             explained.maps[name] = np.where(inside, explained.maps[name], 0).astype(np.float32)
     files = render(explained, inside, p.affine, quiet)
-    record = describe(p, explained, precision, files, time.perf_counter() - t0)
-    p.out.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        atomic_write_bytes(p.out / name, lambda f, data=data: f.write(data))
-    RunDir(p.out, main=True).write_json("maps.json", record)
-    return p.out / "maps.json"
+    return files, describe(p, explained, precision, files, time.perf_counter() - t0)
 
 
 def describe(p: MapsPlan, e: Explained, precision: Precision, files: dict[str, bytes], seconds: float) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,9 @@ from stvit.training import distributed as DIST
 from stvit.training.evaluation import evaluate
 from stvit.training.fit import Splits, fit
 from stvit.training.provenance import provenance
-from stvit.training.rundir import RunDir
-from stvit.training.stages import FINETUNE, PRETRAIN, STAGES, choose_ops, setup_stage
+from stvit.training.rundir import RunDir, load_model
+from stvit.training.stages import (FINETUNE, PRETRAIN, STAGES, check_model_size, choose_ops, memory_bytes,
+                                   setup_stage)
 
 
 @dataclass
@@ -181,9 +183,16 @@ def load_data(cfg: Config) -> D.HCPData:
     path = cfg.data.path
     if path is None:
         dc = cfg.data
+        need = (dc.synth_train + dc.synth_test) * 4 * int(np.prod(D.VOLUME_SHAPE))  # float32 volumes
+        have = memory_bytes(torch.device("cpu"))
+        if have is not None and need > have:
+            raise UserError(f"data.synth_train + data.synth_test = {dc.synth_train + dc.synth_test} volumes: the "
+                            f"built-in set would take {need / 1e9:.3g} GB, more than the {have / 1e9:.3g} GB of "
+                            "memory here")
         path = D.builtin_dataset_path(dc.synth_train, dc.synth_test, dc.synth_seed)
     data = D.load_dataset(path, volume_shape=tuple(cfg.model.volume), num_classes=cfg.model.num_classes,
-                          nan_to_zero=cfg.data.nan_to_zero, zscore=cfg.data.zscore, max_abs=cfg.data.max_abs)
+                          nan_to_zero=cfg.data.nan_to_zero, zscore=cfg.data.zscore, max_abs=cfg.data.max_abs,
+                          class_names=cfg.data.class_names)
     caps = {"train": cfg.data.max_train, "test": cfg.data.max_test}
     for split, cap in caps.items():
         if cap is not None:
@@ -210,6 +219,37 @@ def check_split(cfg: Config, split: dict[str, np.ndarray], data: D.HCPData) -> N
                         data.source)
 
 
+def check_classes(cfg: Config, split: dict[str, np.ndarray], data: D.HCPData, *, test: bool = True) -> None:
+    """Every class the model has is in the training split (a class never seen cannot be learned), and the
+    validation split (and, with `test`, the test split) holds at least two classes: accuracy, ROC-AUC and the
+    baseline are undefined on one. A UserError naming the data and saying what to change otherwise."""
+    names = cfg.data.class_names
+    k = cfg.model.num_classes
+
+    def shown(classes) -> str:
+        return ", ".join(f"{c} ({names[c]})" if c < len(names) else str(c) for c in classes)
+
+    y = np.asarray(data.y_train)
+    present = np.unique(y[split["train"]])
+    if len(present) < 2:
+        raise UserError(f"the training split ({len(split['train'])} volumes once the validation split is carved) "
+                        f"holds only class {shown(present)}: a classifier needs at least 2; add volumes of the other "
+                        "classes, or try another --seed or data.val_fraction", data.source)
+    missing = [c for c in range(k) if c not in present]
+    if missing:
+        raise UserError(f"model.num_classes is {k}, but the training split holds no volume of class "
+                        f"{shown(missing)}: a class the model never sees cannot be learned (set model.num_classes "
+                        f"to {len(present)} with as many --class-names, or add volumes of that class)", data.source)
+    parts = [("validation", y[split["val"]], "another --seed, a larger data.val_fraction or more subjects")]
+    if test and data.y_test is not None:
+        parts.append(("test", np.asarray(data.y_test), "volumes of the other classes in the test split"))
+    for name, labels, fix in parts:
+        present = np.unique(labels)
+        if len(present) < 2:
+            raise UserError(f"the {name} split ({len(labels)} volumes) holds only class {shown(present)}: its "
+                            f"accuracy, ROC-AUC and baseline need at least 2 classes; try {fix}", data.source)
+
+
 def check_world(cfg: Config) -> None:
     """Under torchrun the configured batches are global: each must split evenly over the processes."""
     w = DIST.world_size()
@@ -221,7 +261,7 @@ def check_world(cfg: Config) -> None:
 # --- the plan ----------------------------------------------------------------------------------------------------------
 
 def _plan_resume(request: Request, data: D.HCPData | None) -> Plan:
-    run = RunDir(request.resume)
+    run = RunDir(cli.check_path(request.resume))
     if not (run.path / "config.json").exists() or not run.has("last.pt"):
         raise UserError("not a run directory to resume (needs config.json and checkpoints/last.pt)", run.path)
     resume = run.load("last.pt")
@@ -230,6 +270,8 @@ def _plan_resume(request: Request, data: D.HCPData | None) -> Plan:
     except (KeyError, ValueError, TypeError) as e:
         raise UserError(f"bad config in the checkpoint ({e})", run.checkpoint("last.pt")) from None
     cfg, changes = requested(request, cfg, run.path)
+    check_model_size(cfg.model, cli.resolve_device(cfg.train.device))
+    load_model(run.checkpoint("last.pt"), state=resume)  # weights that fit their config, before anything is written
     left = [s for s in STAGES.values() if s.order >= STAGES[resume["stage"]].order]
     notes = allow(changes, run.path, may_lengthen=[s.length_key for s in left])
     data = load_data(cfg) if data is None else data
@@ -239,6 +281,10 @@ def _plan_resume(request: Request, data: D.HCPData | None) -> Plan:
 
 def _plan_new(request: Request, data: D.HCPData | None) -> Plan:
     cfg = resolve_config(request)
+    try:
+        check_model_size(cfg.model, cli.resolve_device(cfg.train.device))  # on the meta device: sizes, no memory
+    except UserError as e:
+        raise UserError(str(e), request.config_file) from None
     out = Path(request.out) if request.out else Path("runs") / f"{cfg.preset}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     cli.check_writable(out, "directory")
     run, notes = RunDir(out), []
@@ -249,7 +295,9 @@ def _plan_new(request: Request, data: D.HCPData | None) -> Plan:
             need, may_change = "best.pt", ("train.eval_batch_size",)
         else:
             raise UserError("run directory exists and is not empty; choose another --out, or --resume it", out)
-        run.load(need)  # a truncated or foreign checkpoint stops here, before anything is written
+        # a truncated or foreign checkpoint, or weights that do not fit their config, stop here, before anything
+        # is written or redrawn
+        load_model(run.checkpoint(need), stage="finetune" if need == "best.pt" else "pretrain")
         if (out / "config.json").exists():  # later stages of an earlier run keep that run's config
             try:
                 earlier = Config.from_dict(cli.read_config_file(out / "config.json"))
@@ -282,6 +330,8 @@ def plan(request: Request, data: D.HCPData | None = None) -> Plan:
             raise UserError(f"unknown stage '{request.stage}' (choose from {', '.join(cli.STAGE_CHOICES)})")
         check_world(result.cfg)
         check_split(result.cfg, result.split, result.data)
+        if request.stage != "pretrain":  # the MAE needs no labels
+            check_classes(result.cfg, result.split, result.data, test=request.evaluate)
         device = DIST.local_device(cli.resolve_device(result.cfg.train.device))
         choose_ops(result.cfg, device, Precision.resolve(result.cfg.train.precision, device))
     except UserError as e:
@@ -396,7 +446,7 @@ def run(plan: Plan, *, on_epoch: Callable[[dict], None] | None = None) -> dict |
             splits = Splits(full.train, full.val, no_test_split, full.index)
         if run_dir.main and run_dir.echo:
             print(describe(plan, splits, device, precision), flush=True)
-        quiet = plan.quiet or not run_dir.main
+        quiet = plan.quiet or not run_dir.main or not sys.stderr.isatty()  # no progress bars in a log file
         fit_stages(cfg, run_dir, splits, device, precision, stage=plan.stage, resume=plan.resume, quiet=quiet,
                    on_epoch=on_epoch)
 
@@ -420,9 +470,14 @@ def run(plan: Plan, *, on_epoch: Callable[[dict], None] | None = None) -> dict |
         raise
     except WriteError as e:
         last = run_dir.checkpoint("last.pt")
-        e.hint = e.hint or (f"the last good checkpoint {last} is intact: make room and continue with "
-                            f"python -m stvit.train --resume {run_dir.path}" if last.is_file()
-                            else "no checkpoint was written yet")
+        if plan.stage == "evaluate":
+            e.hint = e.hint or "the checkpoints are intact: make room and run the same command again"
+        elif last.is_file():
+            e.hint = e.hint or (f"the last good checkpoint {last} is intact: make room and continue with "
+                                f"python -m stvit.train --resume {run_dir.path}")
+        else:
+            e.hint = e.hint or (f"no checkpoint was written yet, so there is nothing to resume: make room, remove "
+                                f"{run_dir.path} and run the same command again")
         raise
     finally:
         run_dir.close()

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from stvit import data as D
-from stvit.cli import read_config_file
+from stvit.cli import check_path, check_writable, read_config_file
 from stvit.config import Config
 from stvit.errors import NonFiniteLoss, UserError, WriteError
 from stvit.training import api
@@ -149,7 +149,7 @@ def plan_cv(request: api.Request, *, folds: int = 5, within_train: bool = False,
         if n is not None and n < 0:
             raise UserError(f"{name} must be >= 0, got {n}")
     if request.resume:
-        plan = _plan_resume(Path(request.resume))
+        plan = _plan_resume(check_path(request.resume))
         asked = read_config_file(plan.out / NULLS_FILE) if (plan.out / NULLS_FILE).is_file() else {}
         return dataclasses.replace(
             plan, command=request.command,
@@ -160,6 +160,7 @@ def plan_cv(request: api.Request, *, folds: int = 5, within_train: bool = False,
         raise UserError(f"--folds must be >= 2, got {folds}")
     cfg = api.resolve_config(request)
     out = Path(request.out) if request.out else Path("runs") / f"cv-{cfg.preset}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    check_writable(out, "directory")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         hint = "continue it with --resume" if (out / FOLDS_FILE).exists() else "choose another --out"
         raise UserError(f"exists and is not an empty directory; {hint}", out)
@@ -171,9 +172,11 @@ def plan_cv(request: api.Request, *, folds: int = 5, within_train: bool = False,
     fold = D.subject_folds(pool.ids, pool.y, folds, cfg.train.seed)
     plan = CVPlan(cfg, out, pool, fold, False, RunDir(out).fingerprint(), request.command, permutations or 0,
                   BASELINE_PERMUTATIONS if baseline_permutations is None else baseline_permutations)
-    for f in range(plan.k):  # each fold's validation split and batch, before anything is written
+    for f in range(plan.k):  # each fold's validation split, batch and classes, before anything is written
         light = fold_data(pool, fold, f, with_volumes=False)
-        api.check_split(cfg, api.make_split(cfg, light), light)
+        split = api.make_split(cfg, light)
+        api.check_split(cfg, split, light)
+        api.check_classes(cfg, split, light)
     return plan
 
 
@@ -184,11 +187,48 @@ def _plan_resume(out: Path) -> CVPlan:
         cfg = Config.from_dict(read_config_file(out / "config.json"))
     except (ValueError, TypeError) as e:
         raise UserError(str(e), out / "config.json") from None
-    record = read_config_file(out / FOLDS_FILE)
+    record = read_folds(out / FOLDS_FILE)
     pool = pool_volumes(api.load_data(cfg), record["within_train"])
     if pool.fingerprint() != record["fingerprint"] or len(pool.y) != len(record["fold"]):
         raise UserError(f"the data is not the one the folds in {FOLDS_FILE} were made for", pool.source)
-    return CVPlan(cfg, out, pool, np.asarray(record["fold"], np.int64), True, RunDir(out).fingerprint())
+    plan = CVPlan(cfg, out, pool, np.asarray(record["fold"], np.int64), True, RunDir(out).fingerprint())
+    for f in range(plan.k):  # a finished fold is read, not rerun: its metrics must be whole
+        read_fold_metrics(out / f"fold-{f + 1}" / "metrics.json")
+    return plan
+
+
+def read_folds(path: Path) -> dict[str, Any]:
+    """folds.json, checked: the fields a resumed cross-validation uses, of the right types."""
+    record = read_config_file(path)
+    fold = record.get("fold")
+    ok = (isinstance(record.get("within_train"), bool) and isinstance(record.get("fingerprint"), str)
+          and isinstance(fold, list) and len(fold) > 0
+          and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in fold))
+    if ok:
+        k = max(fold) + 1
+        ok = k >= 2 and len(set(fold)) == k and record.get("folds", k) == k
+    if not ok:
+        raise UserError("damaged: not the folds a cross-validation wrote (needs within_train, fingerprint and fold: "
+                        "a fold number >= 0 per volume, at least 2 folds); restore it, or start a new "
+                        "cross-validation with --out", path)
+    return record
+
+
+def read_fold_metrics(path: Path) -> dict[str, Any] | None:
+    """A finished fold's metrics.json (None when the fold is not finished); damaged: a UserError saying how to
+    redo the fold's evaluation."""
+    if not path.is_file():
+        return None
+    try:
+        m = json.loads(path.read_text())
+        ok = isinstance(m, dict) and isinstance(m.get("test"), dict) and "best_epoch" in m \
+            and all(k in m["test"] for k in ("n", *METRICS))
+    except (ValueError, UnicodeDecodeError, OSError):
+        ok = False
+    if not ok:
+        raise UserError("damaged (not the metrics a fold's run wrote); remove it, and --resume evaluates the fold "
+                        "again from its checkpoints", path)
+    return m
 
 
 def start(plan: CVPlan, run: RunDir) -> None:
@@ -220,8 +260,9 @@ def run_fold(plan: CVPlan, f: int, quiet: bool, *, root: Path | None = None, poo
     continued from its last.pt) in root/fold-<f+1> (root: the cross-validation's directory, or a permutation's) on
     `pool` (its labels permuted, for a permutation) with the config's `values` over the cross-validation's."""
     out = (root or plan.out) / f"fold-{f + 1}"
-    if (out / "metrics.json").is_file():
-        return json.loads((out / "metrics.json").read_text()), None
+    done = read_fold_metrics(out / "metrics.json")
+    if done is not None:
+        return done, None
     fold = RunDir(out)
     if fold.has("last.pt"):
         request = api.Request(resume=out, quiet=quiet, command=plan.command, report=report)
@@ -523,6 +564,7 @@ def run_cv(plan: CVPlan, quiet: bool = False) -> dict[str, Any]:
             say(result_line(m), flush=True)
             results.append(m)
             seconds.append(t)
+        where = None  # every fold is done: what is left is the summary
         previous = json.loads((plan.out / "cv.json").read_text()) if (plan.out / "cv.json").is_file() else None
         cv = {**summarize(plan, results, previous), "provenance": origin}
         cv["timing"] = {"folds": [None if t is None else round(t, 1) for t in seconds],
@@ -547,7 +589,9 @@ def run_cv(plan: CVPlan, quiet: bool = False) -> dict[str, Any]:
             write_summary(plan, run, cv)
         return cv
     except (NonFiniteLoss, WriteError) as e:
-        e.hint = f"{where} stopped; python -m stvit.cv --resume {plan.out} continues it"
+        e.hint = (f"{where} stopped, what finished before it is intact; python -m stvit.cv --resume {plan.out} "
+                  "continues it" if where else f"every fold is done and intact; python -m stvit.cv --resume "
+                  f"{plan.out} writes the summary")
         raise
     finally:
         run.close()

@@ -1,6 +1,7 @@
 """The run's figures: pre-training loss, fine-tune loss and accuracy (train and validation), confusion matrix."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
@@ -10,11 +11,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def save_png(fig, path: Path, dpi: int = 120) -> None:
+    """`fig` as a PNG at `path`, drawn in memory and written atomically (a full disk leaves the previous figure, not
+    half of one), then closed."""
+    from stvit.training.checkpoint import atomic_write_bytes
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, lambda f: f.write(buf.getbuffer()))
+
+
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:

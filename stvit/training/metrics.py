@@ -27,6 +27,8 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
         auc = float(roc_auc_score(yt, pr[:, 1]))
     else:
         auc = float(roc_auc_score(yt, pr, multi_class="ovr", labels=labels))
+    if auc is not None and not np.isfinite(auc):
+        auc = None  # a class absent from the labels leaves its one-vs-rest AUC undefined (sklearn: NaN)
     return {
         "n": int(len(y_true)),
         "n_nonfinite": int((~finite).sum()),

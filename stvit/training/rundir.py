@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -37,6 +38,26 @@ def writing(path: Path):
         yield
     except OSError as e:
         raise WriteError(path, e) from None
+
+
+def finite(obj: Any) -> Any:
+    """`obj` (JSON-like) with every NaN or infinite float replaced by None: what strict JSON can say of a number
+    that is not defined (a ROC-AUC with one class present)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any) -> str:
+    """`obj` as indented strict JSON (never the NaN or Infinity that Python's json writes and other readers
+    refuse): undefined numbers are null."""
+    return json.dumps(finite(obj), indent=2, allow_nan=False) + "\n"
+
+
 LEGACY_CHECKPOINTS = {"pretrain.pt": "mae.pt"}  # the name older runs wrote
 
 
@@ -78,29 +99,29 @@ class RunDir:
                             for p in self.path.rglob("*") if p.is_file()))
 
     # ---- the lock ------------------------------------------------------------------------------------------------
-    def lock(self) -> None:
+    def lock(self, what: str = "run directory", busy: str = "wait for it to end, or choose another --out") -> None:
         """Hold an exclusive lock on the directory (flock on the directory itself: no lock file) until `close` or
         the end of the process, however it ends: the kernel releases it, so a killed run leaves nothing stuck.
-        A second process on the same directory, to start, resume or evaluate, is refused."""
+        A second process on the same directory, to start, resume, evaluate, explain, search or write data into
+        it, is refused (`what`: the directory as the refusal names it; `busy`: what it tells the user to do)."""
         if not self.main or self._lock is not None:
             return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDONLY)
         except OSError as e:
-            raise UserError(f"cannot create or open the run directory ({e.strerror})", self.path) from None
+            raise UserError(f"cannot create or open the {what} ({e.strerror})", self.path) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise UserError("another stvit process is using this run directory; wait for it to end, or choose "
-                            "another --out", self.path) from None
+            raise UserError(f"another stvit process is using this {what}; {busy}", self.path) from None
         self._lock = fd
 
     # ---- writes --------------------------------------------------------------------------------------------------
     def write_json(self, name: str, obj: Any) -> None:
-        """<name> as indented JSON, atomically."""
-        self.write_text(name, json.dumps(obj, indent=2) + "\n")
+        """<name> as indented, strict JSON (an undefined number, NaN or infinite, is null), atomically."""
+        self.write_text(name, json_text(obj))
 
     def write_text(self, name: str, text: str) -> None:
         """<name> as UTF-8 text, atomically."""
@@ -214,15 +235,20 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
     """A checkpoint's contents (tensors and plain values only: `torch.load(weights_only=True)`); a missing, truncated
     or foreign file, or one that holds other Python objects, is a one-line UserError naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError("no such checkpoint", path)
+    try:
+        if not path.is_file():
+            raise UserError("no such checkpoint", path)
+    except OSError as e:  # a name the system refuses (a component over 255 bytes)
+        raise UserError(f"cannot use this path ({e.strerror})", path) from None
     try:
         state = ckpt.load(path)
     except Exception as e:  # noqa: BLE001 - a truncated, foreign or unsafe file
         text = str(e)
-        if "WeightsUnpickler error:" in text:  # torch's safe loader refused it; its advice to turn that off is not ours
-            detail = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
-            if "Unsupported global" in detail:
+        if "WeightsUnpickler error:" in text or "Weights only load failed" in text:
+            # torch's safe loader refused it; its advice to turn that off is not ours to repeat
+            marker = "WeightsUnpickler error:" if "WeightsUnpickler error:" in text else "trusted source."
+            detail = " ".join(text.split(marker, 1)[-1].split("Check the documentation")[0].split())
+            if "unsupported global" in detail.lower():
                 raise UserError("not a checkpoint stvit reads: it holds Python objects other than tensors and plain "
                                 f"values ({detail.split('.')[0]}), and loading those would run code from the file",
                                 path) from None
@@ -251,19 +277,19 @@ class TrainedModel:
 
 
 def load_model(path: Path | str, *, device: torch.device | str = "cpu", ops=None,
-               stage: str | None = None) -> TrainedModel:
+               stage: str | None = None, state: dict[str, Any] | None = None) -> TrainedModel:
     """The one loader of a trained model: the checkpoint read safely, its config checked, the model of its stage
     built (the classifier for `finetune`, the MAE for `pretrain`) with the plain-torch reference ops (or `ops`, a
     `kernels.select` choice), its weights loaded strictly. `stage`: the stage the caller needs ("finetune" for
-    anything that classifies); another one is a UserError saying which checkpoint to use. Every problem is one
-    line naming the file."""
+    anything that classifies); another one is a UserError saying which checkpoint to use. `state`: the checkpoint's
+    contents when the caller has read them already. Every problem is one line naming the file."""
     import dataclasses
 
     from stvit.config import Config
-    from stvit.training.stages import STAGES
+    from stvit.training.stages import STAGES, check_model_size
 
     path = Path(path)
-    state = read_checkpoint(path)
+    state = read_checkpoint(path) if state is None else state
     if "model" not in state or "config" not in state or state.get("stage") not in STAGES:
         raise UserError("not an stvit checkpoint (needs 'model', 'config' and the stage that wrote it)", path)
     if stage is not None and state["stage"] != stage:
@@ -274,6 +300,10 @@ def load_model(path: Path | str, *, device: torch.device | str = "cpu", ops=None
     except (ValueError, TypeError) as e:
         raise UserError(f"bad config in the checkpoint ({e})", path) from None
     built = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, kernels="eager"))
+    try:
+        check_model_size(built.model, device)  # on the meta device first: a config that names a model too large
+    except UserError as e:
+        raise UserError(f"its config: {e}", path) from None
     try:
         model = STAGES[state["stage"]].build_model(built.model)
     except (RuntimeError, ValueError, MemoryError) as e:  # a config that names a model too large to build

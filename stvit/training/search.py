@@ -41,9 +41,12 @@ each runs trials until the study holds N, and writes the results (`--no-final`: 
 """
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import math
 import shutil
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -61,8 +64,14 @@ from stvit.training import api
 from stvit.training.rundir import RunDir
 
 HEARTBEAT_S, GRACE_S = 10, 30  # a running trial's heartbeat; the silence after which it counts as interrupted
-SAMPLER_KEYS = ("n_startup_trials", "multivariate", "constant_liar")
-PRUNER_KEYS = ("n_startup_trials", "n_warmup_steps", "interval_steps")
+# the options of TPESampler and MedianPruner a space may set, with their types and least values
+SAMPLER_KEYS = {"n_startup_trials": (int, 0), "multivariate": (bool, None), "constant_liar": (bool, None)}
+PRUNER_KEYS = {"n_startup_trials": (int, 0), "n_warmup_steps": (int, 0), "interval_steps": (int, 1)}
+# the tables of an Optuna study's database (optuna.storages._rdb.models, and Alembic's): a storage that holds
+# others belongs to something else and is never written
+OPTUNA_TABLES = {"studies", "study_directions", "study_user_attributes", "study_system_attributes", "trials",
+                 "trial_user_attributes", "trial_system_attributes", "trial_params", "trial_values",
+                 "trial_intermediate_values", "trial_heartbeats", "version_info", "alembic_version"}
 RANGE_KEYS = ("low", "high", "log", "step", "times")
 FOLD_STEPS = 100_000  # the pruner's step of fold k, epoch e: k * FOLD_STEPS + e - 1 (no fold has that many epochs)
 INSTALL = "the search needs Optuna: pip install 'stvit[tune]' (or pip install optuna)"
@@ -185,8 +194,27 @@ def read_space(path: str | None, base: Config) -> Space:
         given = raw.get(section, {})
         if not isinstance(given, dict) or set(given) - set(keys):
             raise UserError(f"{section}: an object of {', '.join(keys)}", where)
+        for k, v in given.items():
+            kind, least = keys[k]
+            ok = isinstance(v, kind) and (kind is bool or not isinstance(v, bool)) and (least is None or v >= least)
+            if not ok:
+                want = "true or false" if kind is bool else f"a whole number >= {least}"
+                raise UserError(f"{section}.{k} must be {want}, got {json.dumps(v)}", where)
         options[section] = given
+    sampler_and_pruner(options["sampler"], options["pruner"], 0, where)  # Optuna's own checks, here
     return Space(params, options["sampler"], options["pruner"], raw)
+
+
+def sampler_and_pruner(sampler: dict[str, Any], pruner: dict[str, Any], seed: int, where: str | None = None):
+    """TPESampler and MedianPruner with the space's options; what Optuna refuses is a UserError naming the file."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate, constant_liar
+        try:
+            return optuna.samplers.TPESampler(seed=seed, **sampler), optuna.pruners.MedianPruner(**pruner)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"sampler or pruner: {e}", where) from None
 
 
 # --- the plan: every check before anything is written -------------------------------------------------------------
@@ -201,6 +229,11 @@ class Search:
     out: Path
     storage: str
     setup: dict[str, Any] = field(default_factory=dict)  # what a resumed study must match
+
+    @property
+    def owner(self) -> dict[str, str]:
+        """Which process runs a trial, as far as a retry needs to know: this machine and this search directory."""
+        return {"host": socket.gethostname(), "out": str(self.out.absolute())}
 
     @property
     def k(self) -> int:
@@ -239,11 +272,73 @@ def plan_search(request: api.Request, options: Options) -> Search:
     if smallest < base.train.batch_size:
         raise UserError(f"a fold leaves {smallest} training volumes, fewer than one batch of {base.train.batch_size}",
                         data.source)
+    k = int(folds.max()) + 1
+    for f in range(k):  # each fold trains on the others and validates on itself: both need the classes
+        split = {"train": np.flatnonzero(folds != f), "val": np.flatnonzero(folds == f)}
+        api.check_classes(base, split, dataclasses.replace(data, source=f"{data.source} (search fold {f + 1} of {k})"),
+                          test=False)
     storage = options.storage or f"sqlite:///{(out / 'study.db').absolute()}"
+    check_storage(storage, out)
     flat = {k: v for k, v in api.flatten(base.to_dict()).items() if k not in api.FREE and k != "data.path"}
     setup = {"space": space.raw, "base_config": flat, "folds": int(options.folds), "fold_seed": base.train.seed,
              "data": {"n_train": int(len(folds)), "fingerprint": D.fingerprint(data.y_train, data.ids_train)}}
     return Search(options, base, space, data, folds, out, storage, json.loads(json.dumps(setup)))
+
+
+def check_storage(url: str, out: Path) -> None:
+    """The study's storage, opened to look before anything is written (nothing in it is created or changed): a
+    URL SQLAlchemy parses, not an in-memory SQLite (the study would be lost), and an existing database that is
+    empty or an Optuna study's. A UserError saying which otherwise."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception as e:  # noqa: BLE001 - sqlalchemy's ArgumentError, ValueError: not a URL at all
+        raise UserError(f"--storage: {shown(url)} is not a database URL ({e})") from None
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database or ""
+        if db in ("", ":memory:") or db.startswith("file::memory:") or "mode=memory" in db:
+            raise UserError(f"--storage {url}: an in-memory database; the study would be lost when the command "
+                            "ends: give a file, sqlite:///PATH/study.db (default: DIR/study.db)")
+        path = Path(db)
+        try:
+            exists = path.exists()
+        except OSError as e:
+            raise UserError(f"--storage: {e.strerror}", path) from None
+        if not exists:
+            if path.parent.resolve() != out.resolve():  # DIR/study.db: DIR is checked and made by the search
+                cli.check_writable(path, "file")
+            return
+        tables = _sqlite_tables(path)
+    else:
+        try:
+            engine = sqlalchemy.create_engine(url)
+            with engine.connect() as conn:
+                tables = set(sqlalchemy.inspect(conn).get_table_names())
+        except Exception as e:  # noqa: BLE001 - a missing driver, a server that does not answer, bad credentials
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise UserError(f"--storage: cannot open {shown(url)} ({type(e).__name__}: {first})") from None
+        path = shown(url)
+    foreign = sorted(tables - OPTUNA_TABLES)
+    if foreign:
+        raise UserError(f"holds tables that are not an Optuna study's ({', '.join(foreign[:5])}); the search never "
+                        "writes into another program's database: give a new file or an Optuna database", path)
+
+
+def _sqlite_tables(path: Path) -> set[str]:
+    """The tables of an SQLite file, read without changing it (opened read-only)."""
+    import sqlite3
+    from urllib.parse import quote
+
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path.absolute()))}?mode=ro", uri=True)
+        try:
+            return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise UserError(f"--storage: not an SQLite database SQLite can read ({e})", path) from None
 
 
 def shown(url: str) -> str:
@@ -263,17 +358,17 @@ def open_study(search: Search):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    search.out.mkdir(parents=True, exist_ok=True)
     retry = RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
     try:
         storage = RDBStorage(search.storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                              heartbeat_stale_trial_callback=retry)
     except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, a server that does not answer
+        if storage_full(e):
+            raise storage_write_error(search) from None
         raise UserError(f"--storage: cannot open {shown(search.storage)} ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
     seed = search.options.sampler_seed if search.options.sampler_seed is not None else search.base.train.seed
-    sampler = optuna.samplers.TPESampler(seed=seed, **search.space.sampler)
-    pruner = optuna.pruners.MedianPruner(**search.space.pruner)
+    sampler, pruner = sampler_and_pruner(search.space.sampler, search.space.pruner, seed)
     study = optuna.create_study(study_name=search.options.study, storage=storage, sampler=sampler, pruner=pruner,
                                 direction="maximize", load_if_exists=True)
     had = study.user_attrs.get("setup")
@@ -300,6 +395,7 @@ class Objective:
                               meta=None if d.meta is None else {"train": d.meta["train"]})
 
     def __call__(self, trial) -> float:
+        trial.set_user_attr("owner", self.search.owner)  # a trial of this directory's process (`fail_dead_trials`)
         values = {p.key: p.suggest(trial) for p in self.search.space.params}
         trial.set_user_attr("config_values", values)
         try:
@@ -358,10 +454,34 @@ def counts(study) -> tuple[int, int]:
     return done, sum(t.state == TrialState.FAIL and t.number not in retried for t in trials)
 
 
+def fail_dead_trials(search: Search, study) -> None:
+    """Before counting: fail the RUNNING trials that no process runs any more, and queue their retries (which keep
+    the folds they finished). With the search's directory locked, a running trial of this directory (its `owner`;
+    every trial of the default storage, DIR/study.db) was left by a killed process, however recent its heartbeat;
+    a trial of another process sharing the storage is failed once its heartbeat is stale (GRACE_S)."""
+    import copy
+
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage  # what optuna.storages.fail_stale_trials uses too
+    retry = storage.get_heartbeat_stale_trial_callback()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if search.options.storage is None or t.user_attrs.get("owner") == search.owner:
+            try:
+                failed = storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            if failed and retry is not None:
+                retry(study, copy.deepcopy(storage.get_trial(t._trial_id)))
+    optuna.storages.fail_stale_trials(study)
+
+
 def run_trials(search: Search, study, quiet: bool) -> None:
     """Trials until the study holds --trials completed or pruned ones (or as many failed ones: a space whose every
     trial fails stops too)."""
     n = search.options.trials
+    fail_dead_trials(search, study)
 
     def enough() -> bool:
         done, failed = counts(study)
@@ -395,13 +515,14 @@ def draw_figures(study, folder: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"importance": None}
 
     def save(ax, name):
+        from stvit.training.figures import save_png
+
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.set_size_inches(7, 4.5)
         fig.tight_layout()
-        fig.savefig(folder / name, dpi=110)
-        plt.close(fig)
+        save_png(fig, folder / name, dpi=110)
 
-    save(ovm.plot_optimization_history(study), "history.png")
+    save(ovm.plot_optimization_history(study), "history.png")  # each drawn in memory, written atomically
     save(ovm.plot_intermediate_values(study), "intermediate_values.png")
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) < 2:
@@ -504,20 +625,49 @@ def finish(search: Search, study, quiet: bool) -> None:
         summary["final"] = {"run": str(run), "test": m["test"], "val": m["val"], "best_epoch": m["best_epoch"],
                             "baseline": m.get("baseline")}
     tune.write_json("summary.json", summary)
-    (search.out / "summary.md").write_text(report(summary))
+    tune.write_text("summary.md", report(summary))
     print(f"best: trial {best.number}, mean validation accuracy {best.value:.4f} over {search.k} folds; "
           f"{search.out / 'best_config.json'}; {search.out / 'summary.md'}", flush=True)
 
 
+def storage_full(err: BaseException) -> bool:
+    """An error of the study's database that is a full disk (or a read-only one), however SQLAlchemy and Optuna
+    wrap it."""
+    while err is not None:
+        text = str(err).lower()
+        if "disk is full" in text or "readonly database" in text or "read-only file system" in text:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def storage_write_error(search: Search) -> WriteError:
+    where = search.out / "study.db" if search.options.storage is None else shown(search.storage)
+    return WriteError(where, OSError(errno.ENOSPC, "the study's database could not be written: disk full or "
+                                                   "read-only"))
+
+
 def run_search(search: Search, quiet: bool = False) -> None:
-    """Open (or resume) the study, run trials until it holds enough, then the results and the final run. A write
-    error keeps the study: the same command continues it."""
-    study = open_study(search)
-    (search.out / "space.json").write_text(json.dumps(search.space.raw, indent=2) + "\n")
+    """Hold the search directory's lock, open (or resume) the study, run trials until it holds enough, then the
+    results and the final run. A write error keeps the study: the same command continues it."""
+    import optuna
+
+    tune = RunDir(search.out, echo=False)
+    tune.lock("search directory", "wait for it to end (or give this one its own --out)")
     try:
+        study = open_study(search)
+        tune.write_text("space.json", json.dumps(search.space.raw, indent=2) + "\n")
         run_trials(search, study, quiet)
         if search.options.final:
             finish(search, study, quiet)
     except WriteError as e:
         e.hint = e.hint or "the study is kept: run the same command again to continue"
         raise
+    except optuna.exceptions.StorageInternalError as e:
+        if not storage_full(e):
+            raise
+        err = storage_write_error(search)
+        err.hint = "the trials committed before are kept: make room and run the same command again"
+        raise err from None
+    finally:
+        tune.close()

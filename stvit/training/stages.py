@@ -13,6 +13,7 @@ here, so what they time is what trains: the same graph, the same noise.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -61,6 +62,58 @@ FINETUNE = Stage("finetune", 1, 2, None, SpatioTemporalClassifier, steps.classif
                  evaluates=True)
 STAGES = {s.name: s for s in (PRETRAIN, FINETUNE)}  # in order
 assert tuple(STAGES) == stage_sections(), "every stage has its config section, in the same order"
+
+
+# bytes per parameter that training holds at least: the fp32 weight, its gradient and AdamW's two moments
+TRAIN_BYTES_PER_PARAM = 16
+
+
+def memory_bytes(device: torch.device) -> int | None:
+    """The memory of `device` (a GPU's, or the machine's for the CPU); None where it cannot be told."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def _parameter_counts(fields: tuple) -> dict[str, int] | str:
+    """Each stage's parameter count of the model config with these field values, built on the meta device; or why
+    it cannot be built. Cached: the folds of cv and tune plan the same config again and again."""
+    cfg = ModelConfig(*fields)
+    counts = {}
+    for stage in STAGES.values():
+        try:
+            with torch.device("meta"):
+                model = stage.build_model(cfg)
+        except (RuntimeError, ValueError, OverflowError, MemoryError, TypeError) as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            return (f"the {stage.name} model of this config cannot be built ({type(e).__name__}: {first}); check "
+                    "the model section's sizes")
+        counts[stage.name] = sum(p.numel() for p in model.parameters())
+    return counts
+
+
+def check_model_size(cfg: ModelConfig, device: torch.device | str = "cpu") -> dict[str, int]:
+    """Every stage's model of `cfg` built on the meta device (shapes only, no memory): a config that cannot be built,
+    or whose training state alone (`TRAIN_BYTES_PER_PARAM` per parameter) is more than the memory of `device`, is a
+    UserError saying so. Returns each stage's parameter count."""
+    import dataclasses
+
+    device = torch.device(device)
+    counts = _parameter_counts(dataclasses.astuple(dataclasses.replace(cfg, kernels="eager")))
+    if isinstance(counts, str):
+        raise UserError(counts)
+    stage, n = max(counts.items(), key=lambda kv: kv[1])
+    have = memory_bytes(device)
+    if have is not None and n * TRAIN_BYTES_PER_PARAM > have:
+        raise UserError(f"the {stage} model of this config has {n:.3g} parameters: training it needs at least "
+                        f"{n * TRAIN_BYTES_PER_PARAM / 1e9:.3g} GB (fp32 weights, gradients and AdamW state), more "
+                        f"than the {have / 1e9:.3g} GB of {device.type} memory here; reduce model.dim, the depths, "
+                        "the MLP ratios or the number of patches")
+    return counts
 
 
 def order(name: str) -> int:
