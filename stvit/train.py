@@ -32,7 +32,7 @@ from stvit import cli
 from stvit import data as D
 from stvit.training import distributed as DIST
 from stvit import rng
-from stvit.config import AUGMENTS, KERNELS, MASK_STRATEGIES, PRESETS, Config, show_value
+from stvit.config import AUGMENTS, KERNELS, MASK_STRATEGIES, PLACEMENTS, PRESETS, Config, show_value
 from stvit.training.engine import NonFiniteLoss
 from stvit.errors import UserError, run_cli
 from stvit.training.evaluation import evaluate
@@ -144,6 +144,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "random deformation inside the brain), scale (intensities times a random factor), noise (Gaussian, inside "
         "the brain); their strengths: the config's augment section; the flag alone: none; "
         f"default: {' '.join(cfg.augment.ops) or 'none'}"))
+    ap.add_argument("--data-placement", choices=PLACEMENTS, help=(
+        "where a packed data file (python -m stvit.data pack) lives while training: auto (its rows resident on the "
+        f"device when they fit {d.memory_share:g} of its free memory (data.memory_share; host memory on a CPU), else "
+        "streamed from the file by worker processes), device or stream; the same batches either way; a file read "
+        f"whole is resident as dense volumes; default: {d.placement}"))
     ap.add_argument("--nan-to-zero", action="store_true", default=None,
                     help="set NaN/Inf voxels to 0 instead of refusing the file; default: refuse")
     ap.add_argument("--select-on-test", action="store_true", default=None, help=(
@@ -175,6 +180,7 @@ def _epochs(section) -> str:
 # the flags that set a config value: flag -> (argparse dest, config key)
 FLAGS = {"--data": ("data", "data.path"), "--class-names": ("class_names", "data.class_names"),
          "--flip-axis": ("flip_axis", "data.flip_axis"), "--nan-to-zero": ("nan_to_zero", "data.nan_to_zero"),
+         "--data-placement": ("data_placement", "data.placement"),
          "--augment": ("augment", "augment.ops"),
          "--pretrain-epochs": ("pretrain_epochs", "pretrain.epochs"), "--ft-epochs": ("ft_epochs", "finetune.epochs"),
          "--kernels": ("kernels", "model.kernels"), "--batch-size": ("batch_size", "train.batch_size"),
@@ -218,8 +224,9 @@ def load_data(cfg: Config) -> D.HCPData:
     if path is None:
         dc = cfg.data
         path = D.builtin_dataset_path(dc.synth_train, dc.synth_test, dc.synth_seed)
-    data = D.load_dataset(path, volume_shape=tuple(cfg.model.volume), num_classes=cfg.model.num_classes,
-                          nan_to_zero=cfg.data.nan_to_zero, zscore=cfg.data.zscore, max_abs=cfg.data.max_abs)
+    data = D.open_dataset(path, volume_shape=tuple(cfg.model.volume), num_classes=cfg.model.num_classes,
+                          nan_to_zero=cfg.data.nan_to_zero, zscore=cfg.data.zscore, max_abs=cfg.data.max_abs,
+                          placement=cfg.data.placement)
     caps = {"train": cfg.data.max_train, "test": cfg.data.max_test}
     for split, cap in caps.items():
         if cap is not None:
@@ -259,7 +266,8 @@ class Plan:
 
 
 # how a run computes, not what it is (a stage's min_steps is already spent in its epochs, see `plan_new`)
-FREE = ("train.device", "train.compile", "train.log_every", "pretrain.min_steps", "finetune.min_steps")
+FREE = ("train.device", "train.compile", "train.log_every", "pretrain.min_steps", "finetune.min_steps",
+        "data.placement", "data.memory_share", "data.loader_workers", "data.loader_prefetch")
 LENGTHS = {"pretrain.epochs": "pretrain", "finetune.epochs": "finetune"}  # a resumed run may get longer
 
 
@@ -537,7 +545,7 @@ def run_plan(plan: Plan, run: RunDir, quiet: bool = False) -> dict | None:
         rng.seed_everything(DIST.rank_seed(cfg.train.seed, DIST.rank()))
         device = DIST.local_device(cli.resolve_device(cfg.train.device))
         precision = Precision.resolve(cfg.train.precision, device)
-        splits = Splits.build(plan.data, plan.split, device, precision.storage_dtype)
+        splits = Splits.build(plan.data, plan.split, device, precision.storage_dtype, cfg.data)
         world = DIST.world_size()
         procs = f", {world} processes of {cfg.train.batch_size // world} volumes" if world > 1 else ""
         fused = ", ".join(choose_ops(cfg, device, precision).fused) or "none"
@@ -546,7 +554,8 @@ def run_plan(plan: Plan, run: RunDir, quiet: bool = False) -> dict | None:
         say(f"run directory: {run.path}  (preset {cfg.preset}, device {device}{procs}, precision {precision.name}, "
             f"kernels {cfg.model.kernels} (fused: {fused}), compile {cfg.train.compile}; data {plan.data.source}: "
             f"{len(splits.train)} train / {len(splits.val)} val / {len(plan.data.y_test)} test volumes; "
-            f"{cfg.pretrain.epochs} pretrain + {cfg.finetune.epochs} finetune epochs of {steps} steps)", flush=True)
+            f"{cfg.pretrain.epochs} pretrain + {cfg.finetune.epochs} finetune epochs of {steps} steps; "
+            f"{D.placement_line(splits.placement)})", flush=True)
         return run_stages(plan, run, splits, device, precision, quiet or not run.main)
     finally:
         run.close()

@@ -47,6 +47,7 @@ def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, pre
         "class_names": names,
         "data": data.source,
         "kernels": ops.to_json(),
+        "data_placement": splits.placement,  # where the data lived, why, the budget and the bytes
     }
     if metrics["selected_on"] == "test":
         metrics["warning"] = LEAK_WARNING

@@ -1,0 +1,138 @@
+"""Where a run's data lives while it trains: resident on the device, or streamed from the file.
+
+    place(data, index, device, dtype, placement="auto", memory_share=0.6) -> Placed(train, val, make_test, record)
+
+- A file read whole (MAT, npz, HDF5, NIfTI: `load_dataset`) is resident as dense volumes (`DeviceSplit`), as it
+  always was: placement "dense".
+- A packed file (`open_dataset` -> `PackedVolumes`) is resident as packed rows (`PackedSplit`, placement "device")
+  when the training and validation rows fit the budget, `memory_share` of the free memory of the device (CUDA:
+  `torch.cuda.mem_get_info`; CPU: the host's `MemAvailable` in /proc/meminfo, shared by the processes of the
+  node under torchrun), else streamed from the file (`StreamSplit`, placement "stream"). `placement` "device" or
+  "stream" forces the choice. The test split, read once at the end, is resident when it fits what the budget
+  leaves, else streamed.
+
+The default share, 0.6, leaves the rest of the device to the model, its activations and the allocator's slack:
+80 GB of free GPU memory gives a 48 GB budget. The choice changes where the rows are read from, never the
+batches: every placement gives the same batches for the same seed and epoch (`batches.Split`).
+
+`record` (the first log record of each stage, `data_placement`, and metrics.json) says the choice, why, the budget
+and the bytes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from stvit.config import PLACEMENTS
+from stvit.data.batches import DeviceSplit, PackedSplit, Split, resident_dtype
+from stvit.data.packed import PackedVolumes
+
+DEFAULT_SHARE = 0.6  # of the free device memory (host MemAvailable on a CPU) the resident rows may take
+DEFAULT_WORKERS = 2  # streaming loader: worker processes
+DEFAULT_PREFETCH = 4  # streaming loader: batches each worker reads ahead
+
+
+def free_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes free on `device`, how it was measured): CUDA `mem_get_info`; CPU `MemAvailable` (/proc/meminfo),
+    else `sysconf` free pages."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0]), "torch.cuda.mem_get_info free"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "MemAvailable (/proc/meminfo)"
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")), "sysconf free pages"
+
+
+def choose_placement(nbytes: int, free: int, share: float = DEFAULT_SHARE, requested: str = "auto") -> str:
+    """"device" when `nbytes` fit `share * free` (or when asked), else "stream" (or when asked)."""
+    if requested not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    return "device" if nbytes <= share * free else "stream"
+
+
+def placement_line(record: dict[str, Any]) -> str:
+    """The record in a few words, for the run's first line."""
+    def gb(b: int) -> str:
+        return f"{b / 1e9:.2f} GB"
+
+    mode = record["placement"]
+    if mode == "dense":
+        return f"data resident as dense volumes ({gb(record['bytes'])})"
+    rows = f"packed {record['stored_dtype']} rows, {gb(record['bytes'])}"
+    budget = f"a {gb(record['budget_bytes'])} budget ({record['memory_share']:g} of free memory)"
+    if mode == "device":
+        return f"data resident on the device ({rows}, within {budget})"
+    over = "over" if record["bytes"] > record["budget_bytes"] else "asked for; within"
+    return f"data streamed from the file ({rows}, {over} {budget}; {record['workers']} workers)"
+
+
+@dataclass
+class Placed:
+    """A run's splits where `place` put them, and the record of why."""
+
+    train: Split
+    val: Split
+    make_test: Callable[[], Split]
+    record: dict[str, Any]
+
+
+def place(data, index: dict[str, np.ndarray], device: torch.device, dtype: torch.dtype, *, placement: str = "auto",
+          memory_share: float = DEFAULT_SHARE, workers: int = DEFAULT_WORKERS,
+          prefetch: int = DEFAULT_PREFETCH) -> Placed:
+    """The train and validation splits (`index`: positions in the file's training split) and the test split (made
+    on first use) of `data` on `device`, training dtype `dtype`, placed as the module says."""
+    device = torch.device(device)
+    free, measured = free_memory(device)
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
+    budget = int(memory_share * free / max(processes, 1))
+    record: dict[str, Any] = {"requested": placement, "budget_bytes": budget, "free_bytes": free,
+                              "memory_share": memory_share, "measured": measured}
+    if processes > 1:
+        record["processes_sharing_memory"] = processes
+    Xtr, Xte = data.X_train, data.X_test
+    if not isinstance(Xtr, PackedVolumes):
+        item = torch.empty((), dtype=dtype).element_size()
+        per = int(np.prod(Xtr.shape[1:])) * item
+        record.update(placement="dense", test="dense", why="not a packed file: read whole, resident as dense volumes",
+                      bytes=(len(index["train"]) + len(index["val"])) * per, test_bytes=len(Xte) * per,
+                      stored_dtype=str(Xtr.dtype), resident_dtype=str(dtype).replace("torch.", ""))
+        return Placed(DeviceSplit(Xtr, data.y_train, device, dtype, index=index["train"]),
+                      DeviceSplit(Xtr, data.y_train, device, dtype, index=index["val"]),
+                      lambda: DeviceSplit(Xte, data.y_test, device, dtype), record)
+    from stvit.data.stream import StreamSplit
+
+    source = Xtr.source
+    resident = resident_dtype(source.dtype, dtype)
+    per = source.width * resident.itemsize
+    nbytes = (len(index["train"]) + len(index["val"])) * per
+    test_bytes = len(Xte) * per
+    mode = choose_placement(nbytes, free / max(processes, 1), memory_share, placement)
+    test_mode = mode if placement != "auto" or mode == "stream" else \
+        choose_placement(nbytes + test_bytes, free / max(processes, 1), memory_share)
+    why = {"auto": f"the training and validation rows {'fit' if mode == 'device' else 'exceed'} the budget",
+           "device": "asked (data.placement device)", "stream": "asked (data.placement stream)"}[placement]
+    record.update(placement=mode, test=test_mode, why=why, bytes=nbytes, test_bytes=test_bytes,
+                  file_bytes=Xtr.packed_nbytes + Xte.packed_nbytes, stored_dtype=str(source.dtype),
+                  resident_dtype=str(resident).replace("torch.", "") if mode == "device" else None,
+                  in_brain_voxels=source.width)
+    if "stream" in (mode, test_mode):
+        record.update(workers=workers, prefetch=prefetch)
+
+    def make(mode: str, volumes, y, rows):
+        if mode == "device":
+            return PackedSplit(volumes, y, device, dtype, index=rows)
+        return StreamSplit(volumes, y, device, dtype, index=rows, workers=workers, prefetch=prefetch)
+
+    return Placed(make(mode, Xtr, data.y_train, index["train"]), make(mode, Xtr, data.y_train, index["val"]),
+                  lambda: make(test_mode, Xte, data.y_test, None), record)
