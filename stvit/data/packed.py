@@ -428,11 +428,15 @@ class RowReader:
             out = np.empty((len(rows), self.width), self.dtype)
         if len(rows) == 0:
             return out
-        self._open()
         if len(rows) > 1 and not (rows[1:] > rows[:-1]).all():
             order, inverse = np.unique(rows, return_inverse=True)
-            out[:] = self.read(order)[inverse.reshape(-1)]
+            out[:] = self._read_sorted(order, np.empty((len(order), self.width), self.dtype))[inverse.reshape(-1)]
             return out
+        return self._read_sorted(rows, out)
+
+    def _read_sorted(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """`read` of strictly increasing rows: what is read from the file."""
+        self._open()
         if self.offsets is None:
             out[:] = self._h5[rows]
             return out

@@ -52,6 +52,18 @@ def free_memory(device: torch.device) -> tuple[int, str]:
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")), "sysconf free pages"
 
 
+def features_fit(data, index: dict[str, np.ndarray], share: float = DEFAULT_SHARE) -> tuple[bool, int, int]:
+    """Whether the in-brain voxels of every volume of `data` (train, validation, test) fit `share` of the host's
+    free memory as float32 features (what the linear baseline holds): (fits, bytes needed, budget). A file read
+    whole always fits (its volumes are in memory already)."""
+    X = data.X_train
+    if not isinstance(X, PackedVolumes):
+        return True, 0, 0
+    need = (len(index["train"]) + len(index["val"]) + len(data.X_test)) * X.source.width * 4
+    budget = int(share * free_memory(torch.device("cpu"))[0])
+    return need <= budget, need, budget
+
+
 def choose_placement(nbytes: int, free: int, share: float = DEFAULT_SHARE, requested: str = "auto") -> str:
     """"device" when `nbytes` fit `share * free` (or when asked), else "stream" (or when asked)."""
     if requested not in PLACEMENTS:

@@ -261,7 +261,7 @@ def make_synthetic(n_train: int, n_test: int, seed: int) -> HCPData:
     return HCPData(Xtr, ytr, itr, Xte, yte, ite, source="synthetic")
 
 
-SUBJECTS_PER_WRITE = 16  # subjects (256 volumes) per append to a packed file
+SUBJECTS_PER_WRITE = 4  # subjects (64 volumes, 15 MB of float32) per append to a packed file
 
 
 def write_synthetic_packed(path, n_train: int, n_test: int, seed: int, *, dtype: str = "float16") -> Path:

@@ -15,6 +15,7 @@ import torch
 from stvit.training import steps
 from stvit.config import Config
 from stvit.data import HCPData
+from stvit.data.placement import DEFAULT_SHARE, features_fit
 from stvit.errors import UserError
 from stvit.training.fit import LEAK_WARNING, Splits, predict_split
 from stvit.model.vit import SpatioTemporalClassifier
@@ -52,7 +53,12 @@ def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, pre
     if metrics["selected_on"] == "test":
         metrics["warning"] = LEAK_WARNING
     arrays = {}
-    if cfg.train.baseline and run.main:
+    fits, need, budget = features_fit(data, splits.index) if cfg.train.baseline else (True, 0, 0)
+    if cfg.train.baseline and run.main and not fits:  # a streamed data set larger than memory
+        metrics["baseline_skipped"] = (f"its float32 features ({need / 1e9:.1f} GB) exceed {budget / 1e9:.1f} GB, "
+                                       f"{DEFAULT_SHARE:g} of the free host memory")
+        run.note(f"note: no baseline: {metrics['baseline_skipped']}")
+    elif cfg.train.baseline and run.main:
         from stvit.training.baseline import baseline_metrics  # scikit-learn, only when the baseline is fitted
 
         metrics["baseline"], arrays["baseline_test_probs"] = baseline_metrics(data, splits.index, names)
