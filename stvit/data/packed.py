@@ -128,10 +128,11 @@ class PackedWriter:
             rows = flat[:, self.index]
         else:
             rows = volumes
-        if self.dtype == np.float16 and not (np.abs(rows) <= FLOAT16_MAX).all():  # NaN fails too
+        stored = rows.astype(self.dtype, copy=False)
+        top, bad = _value_stats(stored)
+        if self.dtype == np.float16 and (bad or (rows.dtype != np.float16 and not (np.abs(rows) <= FLOAT16_MAX).all())):
             raise ValueError(f"voxels beyond float16's range (+-{FLOAT16_MAX:g}) or not finite: store float32")
-        stored = rows.astype(self.dtype)
-        self._count(stored)
+        self.max_abs, self.nonfinite = max(self.max_abs, top), self.nonfinite + bad
         self.voxels.resize(self.n + B, axis=0)
         self.voxels[self.n:self.n + B] = stored
         self.labels.append(np.asarray(labels, np.int64).reshape(B))
@@ -151,13 +152,6 @@ class PackedWriter:
             v = np.asarray(v).reshape(B)
             self.meta.setdefault(k, []).append(v.astype(str) if k in STRING_META else v.astype(NUMBER_META[k]))
         self.n += B
-
-    def _count(self, stored: np.ndarray) -> None:
-        """Update the largest finite |voxel| and the count of non-finite voxels with a block of stored rows."""
-        finite = np.isfinite(stored)
-        self.nonfinite += int(stored.size - np.count_nonzero(finite))
-        if stored.size:
-            self.max_abs = max(self.max_abs, float(np.max(np.abs(stored), where=finite, initial=0.0)))
 
     def close(self) -> Path:
         """Write labels, split, metadata and the value statistics, and move the file into place."""
@@ -203,6 +197,20 @@ class PackedWriter:
             self.close()
         else:
             self.abort()
+
+
+def _value_stats(v: np.ndarray) -> tuple[float, int]:
+    """(largest finite |value|, count of NaN/Inf) of float16 or float32 values; float16 through its bits (numpy's
+    float16 arithmetic is emulated and slow): |v|'s bits order like its values, NaN/Inf have all exponent bits."""
+    if v.size == 0:
+        return 0.0, 0
+    if v.dtype == np.float16:
+        bits = v.view(np.uint16) & np.uint16(0x7FFF)
+        finite = bits < 0x7C00
+        top = np.max(bits, where=finite, initial=0).astype(np.uint16).reshape(1).view(np.float16)[0]
+        return float(top), int(v.size - np.count_nonzero(finite))
+    finite = np.isfinite(v)
+    return float(np.max(np.abs(v), where=finite, initial=0.0)), int(v.size - np.count_nonzero(finite))
 
 
 def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
@@ -283,10 +291,8 @@ class PackedFile:
             return self.stats
         top, bad = 0.0, 0
         for s in range(0, self.n, block):
-            v = self.voxels[s:s + block]
-            finite = np.isfinite(v)
-            bad += int(v.size - np.count_nonzero(finite))
-            top = max(top, float(np.max(np.abs(v), where=finite, initial=0.0)))
+            t, b = _value_stats(self.voxels[s:s + block])
+            top, bad = max(top, t), bad + b
         return top, bad
 
     def dense(self, idx: np.ndarray, dtype=np.float32) -> np.ndarray:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -37,19 +38,58 @@ DEFAULT_PREFETCH = 4  # streaming loader: batches each worker reads ahead
 
 
 def free_memory(device: torch.device) -> tuple[int, str]:
-    """(bytes free on `device`, how it was measured): CUDA `mem_get_info`; CPU `MemAvailable` (/proc/meminfo),
-    else `sysconf` free pages."""
+    """(bytes free on `device`, how it was measured): CUDA `mem_get_info`; CPU `MemAvailable` (/proc/meminfo; else
+    `sysconf` free pages), or less when this process's memory cgroup (v1 or v2, or an ancestor) leaves less room
+    (`cgroup_room`: a container's limit, which MemAvailable does not show)."""
     device = torch.device(device)
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0]), "torch.cuda.mem_get_info free"
+    free, how = None, "MemAvailable (/proc/meminfo)"
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024, "MemAvailable (/proc/meminfo)"
+            free = next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), None)
     except OSError:
         pass
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")), "sysconf free pages"
+    if free is None:
+        free, how = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")), "sysconf free pages"
+    room = cgroup_room()
+    if room is not None and room < free:
+        return max(room, 0), "memory cgroup limit minus its anonymous memory"
+    return free, how
+
+
+NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a number near 2^63
+
+
+def cgroup_room() -> int | None:
+    """Bytes the memory cgroups of this process leave it: the smallest `limit - anonymous memory in use` over its
+    cgroup and their ancestors (page cache is reclaimable, so it does not count); None when none has a limit."""
+    rooms = []
+    try:
+        lines = open("/proc/self/cgroup").read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        hierarchy, controllers, path = line.split(":", 2)
+        if hierarchy == "0" and controllers == "":  # v2
+            places = [("/sys/fs/cgroup", "memory.max", "anon"), ("/sys/fs/cgroup/unified", "memory.max", "anon")]
+        elif "memory" in controllers.split(","):
+            places = [("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "total_rss")]
+        else:
+            continue
+        for base, limit_file, anon_key in places:
+            group = Path(base + path)
+            while len(group.parts) >= len(Path(base).parts):
+                try:
+                    text = (group / limit_file).read_text().strip()
+                    limit = None if text == "max" else int(text)
+                    if limit is not None and limit < NO_LIMIT:
+                        stat = dict(l.split() for l in (group / "memory.stat").read_text().splitlines())
+                        rooms.append(limit - int(stat.get(anon_key, 0)))
+                except (OSError, ValueError):
+                    pass
+                group = group.parent
+    return min(rooms) if rooms else None
 
 
 def features_fit(data, index: dict[str, np.ndarray], share: float = DEFAULT_SHARE) -> tuple[bool, int, int]:

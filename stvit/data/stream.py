@@ -7,11 +7,13 @@ so under torchrun a rank reads its own rows and no others). A worker reads a req
 pinned on CUDA; the main process copies them to the device (non-blocking) and unpacks them there (`Unpacker`).
 Host memory is a few batches of packed rows per worker (`prefetch`), whatever the size of the data set.
 
-One DataLoader per split, its workers kept between epochs (`persistent_workers`); each epoch hands it that epoch's
-requests. `workers=0` reads in the main process.
+One DataLoader per file, shared by its splits (train, validation and test are read one after another), its workers
+kept between passes (`persistent_workers`): each pass hands it that pass's requests. `workers=0` reads in the main
+process.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Iterator
 
 import numpy as np
@@ -44,11 +46,48 @@ class _Requests(Sampler):
         return len(self.requests)
 
 
+class _Loader:
+    """A persistent DataLoader over one file's rows and the requests it is reading; one pass at a time."""
+
+    def __init__(self, reader, workers: int, prefetch: int, pin: bool, persistent: bool = True):
+        self.requests = _Requests()
+        self.busy = False
+        more = dict(prefetch_factor=prefetch, persistent_workers=persistent) if workers else {}
+        # its own generator: a DataLoader draws its workers' base seed from the global RNG otherwise, which would
+        # shift every later dropout draw and make a streamed run differ from a resident one
+        self.loader = DataLoader(_Rows(reader), batch_size=None, sampler=self.requests, num_workers=workers,
+                                 pin_memory=pin, generator=torch.Generator(), **more)
+
+    def read(self, requests: list[np.ndarray]) -> Iterator[torch.Tensor]:
+        self.requests.requests = requests
+        self.busy = True
+        try:
+            yield from self.loader
+        finally:
+            self.busy = False
+
+
+# the loaders of each file, shared by its splits (train, validation, test are read one after the other): one set of
+# worker processes per file and loader setting, not one per split
+_LOADERS: "weakref.WeakKeyDictionary[object, dict[tuple, _Loader]]" = weakref.WeakKeyDictionary()
+
+
+def shared_loader(source, workers: int, prefetch: int, pin: bool) -> _Loader:
+    """The persistent loader of `source` (a `PackedSource`) for this setting, made on first use."""
+    loaders = _LOADERS.setdefault(source, {})
+    key = (workers, prefetch, pin)
+    if key not in loaders:
+        loaders[key] = _Loader(source.reader, workers, prefetch, pin)
+    return loaders[key]
+
+
 class StreamSplit(Split):
     """The rows of a packed file (`PackedVolumes`; `index` picks some) read batch by batch from the file, labels
     (N,) int64 on `device`; each batch unpacked to dense volumes in `dtype` on the device.
 
-    workers: DataLoader worker processes (0: read in this process); prefetch: requests each worker reads ahead."""
+    workers: DataLoader worker processes (0: read in this process); prefetch: requests each worker reads ahead.
+    The splits of one file share one loader and its workers (`shared_loader`); a split read while another is being
+    read gets a loader of its own for that pass."""
 
     def __init__(self, volumes, y, device, dtype: torch.dtype = torch.float32, index: np.ndarray | None = None, *,
                  workers: int = 2, prefetch: int = 4):
@@ -59,29 +98,14 @@ class StreamSplit(Split):
         self.file_rows = volumes.rows if index is None else volumes.rows[np.asarray(index)]
         self.unpack = Unpacker(self.source, self.device, dtype)
         self.workers, self.prefetch = workers, prefetch
-        self._requests = _Requests()
-        self._loader: DataLoader | None = None
-
-    @property
-    def row_bytes(self) -> int:
-        return self.source.width * self.source.dtype.itemsize
-
-    def loader(self) -> DataLoader:
-        if self._loader is None:
-            cuda = self.device.type == "cuda"
-            more = dict(prefetch_factor=self.prefetch, persistent_workers=True) if self.workers else {}
-            # its own generator: a DataLoader draws its workers' base seed from the global RNG otherwise, which
-            # would shift every later dropout draw and make a streamed run differ from a resident one
-            self._loader = DataLoader(_Rows(self.source.reader), batch_size=None, sampler=self._requests,
-                                      num_workers=self.workers, pin_memory=cuda, generator=torch.Generator(),
-                                      **more)
-        return self._loader
 
     def read(self, requests: list[np.ndarray]) -> Iterator[torch.Tensor]:
         """The packed rows of each request (file rows), in order, on the device."""
-        self._requests.requests = requests
         cuda = self.device.type == "cuda"
-        for rows in self.loader():
+        loader = shared_loader(self.source, self.workers, self.prefetch, cuda)
+        if loader.busy:  # two splits of a file read at once: this pass gets its own workers
+            loader = _Loader(self.source.reader, self.workers, self.prefetch, cuda, persistent=False)
+        for rows in loader.read(requests):
             yield rows.to(self.device, non_blocking=cuda)
 
     def _volumes(self, order, order_dev, bounds):
