@@ -99,6 +99,11 @@ class StreamSplit(Split):
         self.unpack = Unpacker(self.source, self.device, dtype)
         self.workers, self.prefetch = workers, prefetch
 
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one stored row."""
+        return self.source.width * self.source.dtype.itemsize
+
     def read(self, requests: list[np.ndarray]) -> Iterator[torch.Tensor]:
         """The packed rows of each request (file rows), in order, on the device."""
         cuda = self.device.type == "cuda"

@@ -169,3 +169,21 @@ def test_float16_storage_changes_the_input_by_its_rounding_only(tmp_path):
     err = (x16 - x32).abs()
     assert (err <= 2.0 ** -11 * x32.abs() + 2.0 ** -25).all()  # half an ulp: relative 2^-11, subnormals 2^-25
     assert (x16[x32 == 0] == 0).all() and err.max() > 0  # background stays 0 (|v| < 2^-25 rounds to 0 too)
+
+
+def test_two_splits_of_a_file_read_at_once_each_get_their_batches(packed32):
+    dense, lazy = packed32
+    a_rows, b_rows = np.arange(0, 20), np.arange(20, 43)
+    streams = [StreamSplit(lazy.X_train, lazy.y_train, CPU, index=r, workers=1, prefetch=2) for r in (a_rows, b_rows)]
+    denses = [DeviceSplit(dense.X_train, dense.y_train, CPU, index=r) for r in (a_rows, b_rows)]
+    together = list(zip(*(s.eval_batches(4) for s in streams)))  # the second pass starts while the first is open
+    assert len(together) == 5
+    for k, split in enumerate(denses):
+        assert_same([b[k] for b in together], batches_of(split, batch_size=4)[:5])
+
+
+def test_free_host_memory_is_capped_by_the_cgroup(monkeypatch):
+    monkeypatch.setattr(P, "cgroup_room", lambda: 123 << 20)
+    assert P.free_memory(CPU) == (123 << 20, "memory cgroup limit minus its anonymous memory")
+    monkeypatch.setattr(P, "cgroup_room", lambda: None)
+    assert P.free_memory(CPU)[1] == "MemAvailable (/proc/meminfo)"
