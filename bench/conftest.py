@@ -135,7 +135,7 @@ def bench_op(benchmark):
 
 
 def run_step(benchmark, runner, *, warmup: int, steps: int, rounds: int, shape: str) -> dict:
-    """Time `runner.run(steps)` (a `stvit.profile.StepRunner`: optimizer steps through the training loop, which
+    """Time `runner.run(steps)` (a `stvit.perf.profiler.StepRunner`: optimizer steps through the training loop, which
     synchronizes at its end on CUDA) over `rounds` rounds, after `warmup` untimed steps that compile."""
     import time
 

@@ -83,7 +83,7 @@ def epochs(out: Path, dry: bool) -> list[dict]:
     """One pretrain epoch and one finetune epoch on a synthetic set of the real size, baseline and fast path."""
     from stvit.config import preset
     from stvit.data import make_synthetic
-    from stvit.profile import VARIANTS, Variant, time_epochs
+    from stvit.perf.profiler import VARIANTS, Variant, time_epochs
     from stvit.perf.report import environment
 
     cuda = torch.cuda.is_available()

@@ -1,6 +1,6 @@
 """Train steps, pretrain and finetune: the seed-style baseline vs eager+compile vs fused+compile.
 
-Each variant (`stvit.profile.VARIANTS`) is set up as training sets it up (`stvit.training.stages.setup_stage`: the same
+Each variant (`stvit.perf.profiler.VARIANTS`) is set up as training sets it up (`stvit.training.stages.setup_stage`: the same
 model, optimizer, compiled graph and masking noise) and makes optimizer steps through the training loop
 (`stvit.training.engine.train_one_epoch`): baseline = eager ops, no compile, autocast per the precision policy, float32
 volumes from host memory through a DataLoader (2 workers, pinned on CUDA) copied each step, torch's default
@@ -18,7 +18,7 @@ import torch
 
 from stvit.config import preset
 from stvit.data import make_synthetic
-from stvit.profile import VARIANTS, StepRunner
+from stvit.perf.profiler import VARIANTS, StepRunner
 
 ON_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_CUDA else "cpu")

@@ -1,22 +1,32 @@
-"""What the command-line entry points share: the device, and the config from a preset, a JSON file and flags.
+"""What the command-line entry points share: the flag table, the device, and the config from a preset, a JSON file
+and flags.
 
-`python -m stvit.train` and `python -m stvit.profile` resolve both here, with the same rules and the same error
-wording: a preset (default: paper on CUDA, demo on CPU), then the values of a `--config` JSON file, then the
-flags, each overriding the one before.
+`FLAGS` is the one table of the flags that describe a run. Each row says the flag (and its aliases), the config key
+it sets (or none: `--out`, `--resume`, `--stage`, ...), its group in `--help` (data, recipe, kernels and precision,
+evaluation, run), its argparse settings and its help sentence, which may give the default of the preset and device
+the help is asked for. `add_run_flags` builds a command's parser from it (train takes every row; cv, tune, profile
+and explain the rows they need), and `config_values` reads the config keys back from the parsed arguments: adding
+a flag is one config field and one row here.
+
+Config: a preset (default: paper on CUDA, demo on CPU), then the values of a `--config` JSON file, then the flags,
+each overriding the one before; the same rules and error wording in every command.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
+import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 
-from stvit.config import LEGACY_SECTIONS, STAGES, Config, ConfigError, preset
+from stvit.config import (AUGMENTS, DEVICES, KERNELS, LEGACY_SECTIONS, MASK_STRATEGIES, PLACEMENTS, PRECISIONS,
+                          PRESETS, Config, ConfigError, preset, stage_sections)
 from stvit.errors import UserError
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -84,7 +94,7 @@ def exact_epochs(values: dict[str, Any]) -> dict[str, Any]:
     """`values` (config sections) where each stage section that sets `epochs` but not `min_steps` also sets
     `min_steps` to 0: an epoch count a user writes is not stretched."""
     out = dict(values)
-    for name in STAGES + tuple(LEGACY_SECTIONS):
+    for name in stage_sections() + tuple(LEGACY_SECTIONS):
         section = out.get(name)
         if isinstance(section, dict) and "epochs" in section and "min_steps" not in section:
             out[name] = {**section, "min_steps": 0}
@@ -109,3 +119,192 @@ def load_config(preset_name: str | None, config_file: str | None, values: dict[s
         raise UserError(f"{flag} {e.problem}" if flag else str(e)) from None
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+# --- the flag table ---------------------------------------------------------------------------------------------
+
+GROUPS = {"run": "the run", "data": "data", "recipe": "recipe", "kernels": "kernels and precision",
+          "evaluation": "evaluation"}
+STAGE_CHOICES = ("all", *stage_sections(), "evaluate")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One flag: `names[0]` is the flag, the others aliases; `key` the config key it sets (None: a flag of the
+    command, not of the config); `help` a sentence, or a function of (config, device) for one that gives the
+    default of the preset asked for."""
+
+    names: tuple[str, ...]
+    key: str | None
+    group: str
+    help: str | Callable[[Config, torch.device], str]
+    options: dict[str, Any] = field(default_factory=dict)  # argparse settings: type, choices, metavar, action, ...
+
+    @property
+    def dest(self) -> str:
+        return self.names[0].lstrip("-").replace("-", "_")
+
+    def text(self, cfg: Config, device: torch.device) -> str:
+        return self.help(cfg, device) if callable(self.help) else self.help
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def _epochs(section) -> str:
+    """A stage's default length, as --help says it."""
+    if not section.min_steps:
+        return str(section.epochs)
+    return (f"{section.epochs}, or more on a small training split: at least {section.min_steps} optimizer steps "
+            "(min_steps); a number given here is run as given")
+
+
+INT, FLOAT, SWITCH = {"type": int, "metavar": "N"}, {"type": float}, {"action": argparse.BooleanOptionalAction}
+FLAGS: tuple[Flag, ...] = (
+    # the run
+    Flag(("--preset",), None, "run", lambda c, d: (
+        "model and recipe: paper (the write-up: 7x2 patches, d 192), notebook (the public notebook's recipe), demo "
+        f"(small, for a CPU); default: paper on a CUDA GPU, demo on a CPU (here: {default_preset(d)})"),
+        {"choices": PRESETS}),
+    Flag(("--config",), None, "run", "a JSON file of config values over the preset, nested like a run's config.json "
+         "(sections model, data, pretrain, finetune, train, augment); flags override it", {"metavar": "FILE"}),
+    Flag(("--out",), None, "run", "the new run directory (absent or empty); default: runs/<preset>-<date>-<time>",
+         {"metavar": "DIR"}),
+    Flag(("--resume",), None, "run", "continue the run in DIR exactly, from its checkpoints/last.pt; a flag that "
+         "would change the run is refused, --ft-epochs / --pretrain-epochs may lengthen it", {"metavar": "DIR"}),
+    Flag(("--stage",), None, "run", "what to run: all (pre-training, fine-tuning, then the one test evaluation), "
+         "pretrain, finetune (with --out DIR of an earlier pretrain run: from its pretrain.pt), evaluate (DIR's "
+         "best.pt on the test split); default: all", {"choices": STAGE_CHOICES, "default": "all"}),
+    Flag(("--device",), "train.device", "run", lambda c, d: (
+        f"where to train: auto (a CUDA GPU if there is one), cpu or cuda; default: {c.train.device} (here: "
+        f"{d.type})"), {"choices": DEVICES}),
+    Flag(("--quiet",), None, "run", "no progress bars (they are off anyway when stderr is not a terminal)",
+         {"action": "store_true"}),
+    # data
+    Flag(("--data",), "data.path", "data", lambda c, d: (
+        "the data set: a .mat (v5/v7/v7.3), .npz, HDF5 or packed file with X_train, y_train, X_test, y_test (ids_* "
+        "optional), or a NIfTI folder with labels.csv; default: the built-in synthetic set "
+        f"({c.data.synth_train} + {c.data.synth_test} volumes here), generated once into $STVIT_CACHE"),
+        {"metavar": "FILE"}),
+    Flag(("--class-names",), "data.class_names", "data", lambda c, d: (
+        f"names of the labels 0, 1, ... in metrics and figures; default: {' '.join(c.data.class_names)}"),
+        {"nargs": "+", "metavar": "NAME"}),
+    Flag(("--flip-axis",), "data.flip_axis", "data", lambda c, d: (
+        f"volume axis of the flip augmentation ({100 * c.data.flip_fraction:.0f}%% of the training volumes each "
+        f"epoch): 0 left-right, 1 posterior-anterior, 2 inferior-superior; default: {c.data.flip_axis}"),
+        {"type": int, "choices": (0, 1, 2)}),
+    Flag(("--augment",), "augment.ops", "data", lambda c, d: (
+        f"the training augmentations, among {', '.join(AUGMENTS)}: flip (as --flip-axis says), elastic (a smooth "
+        "random deformation inside the brain), scale (intensities times a random factor), noise (Gaussian, inside "
+        "the brain); their strengths: the config's augment section; the flag alone: none; "
+        f"default: {' '.join(c.augment.ops) or 'none'}"), {"nargs": "*", "choices": AUGMENTS, "metavar": "OP"}),
+    Flag(("--nan-to-zero",), "data.nan_to_zero", "data",
+         "set NaN/Inf voxels to 0 instead of refusing the file; default: refuse",
+         {"action": "store_true", "default": None}),
+    Flag(("--data-placement",), "data.placement", "data", lambda c, d: (
+        "where a packed data file (python -m stvit.data pack) lives while training: auto (its rows resident on the "
+        f"device when they fit {c.data.memory_share:g} of its free memory (data.memory_share; host memory on a CPU), "
+        "else streamed from the file by worker processes), device or stream; the same batches either way; a file "
+        f"read whole is resident as dense volumes; default: {c.data.placement}"), {"choices": PLACEMENTS}),
+    # recipe
+    Flag(("--pretrain-epochs", "--mae-epochs"), "pretrain.epochs", "recipe", lambda c, d: (
+        f"epochs of MAE pre-training of the spatial encoder, 0 to skip it; default: {_epochs(c.pretrain)}"), INT),
+    Flag(("--ft-epochs",), "finetune.epochs", "recipe",
+         lambda c, d: f"epochs of fine-tuning; default: {_epochs(c.finetune)}", INT),
+    Flag(("--batch-size",), "train.batch_size", "recipe", lambda c, d: (
+        f"volumes per optimizer step (each volume is {c.model.volume[0]} slices); under torchrun the global batch; "
+        f"default: {c.train.batch_size}"), INT),
+    Flag(("--seed",), "train.seed", "recipe", lambda c, d: (
+        f"seeds the validation split, initial weights, batch order, flips and masks; default: {c.train.seed}"), INT),
+    Flag(("--mask-strategy",), "pretrain.mask_strategy", "recipe", lambda c, d: (
+        "how pre-training chooses the patches it removes: random (MAE) or attention (a share of them drawn in "
+        "proportion to the attention each patch receives in the current encoder, the rest at random; see "
+        f"docs/training.md, Mask strategy); default: {c.pretrain.mask_strategy}"), {"choices": MASK_STRATEGIES}),
+    Flag(("--mask-guide-ratio",), "pretrain.mask_guide_ratio", "recipe", lambda c, d: (
+        "with --mask-strategy attention: the share of each slice's removed patches chosen by attention, in [0, 1]; "
+        f"default: {c.pretrain.mask_guide_ratio:g}"), {**FLOAT, "metavar": "R"}),
+    Flag(("--mask-temperature",), "pretrain.mask_temperature", "recipe", lambda c, d: (
+        "with --mask-strategy attention: a patch is chosen with probability ~ score ** (1/T); lower T follows the "
+        f"attention more closely, higher T is closer to random; default: {c.pretrain.mask_temperature:g}"),
+        {**FLOAT, "metavar": "T"}),
+    # kernels and precision
+    Flag(("--kernels",), "model.kernels", "kernels", lambda c, d: (
+        "the patch-embedding, MAE gather/scatter and loss ops: auto (the Triton kernels on a GPU, each after a "
+        "startup self-check, falling back to the reference with a warning; the reference on a CPU), fused (the "
+        "kernels; a failed self-check stops the run) or eager (the plain-torch reference everywhere); "
+        f"default: {c.model.kernels}"), {"choices": KERNELS}),
+    Flag(("--compile",), "train.compile", "kernels", lambda c, d: (
+        f"compile each stage's train step with torch.compile(fullgraph=True); default: {_on(c.train.compile)}"),
+        {**SWITCH, "default": None}),
+    Flag(("--precision",), "train.precision", "kernels", lambda c, d: (
+        "autocast: auto (bf16 on a GPU of compute capability 8.0+, fp16 with a GradScaler below, fp32 on a CPU), "
+        f"fp32, bf16 or fp16; default: {c.train.precision}"), {"choices": PRECISIONS}),
+    # evaluation
+    Flag(("--select-on-test",), "train.select_on_test", "evaluation",
+         "pick the best epoch on the TEST split (the seed notebook's protocol); the result leaks and is marked so; "
+         "default: the validation split", {"action": "store_true", "default": None}),
+    Flag(("--baseline",), "train.baseline", "evaluation", lambda c, d: (
+        "a logistic-regression baseline on the in-brain voxels of the same training split, fitted and tested "
+        f"beside the model in the final evaluation; default: {_on(c.train.baseline)}"), {**SWITCH, "default": None}),
+)
+FLAG_OF_KEY = {f.key: f.names[0] for f in FLAGS if f.key}
+
+
+def help_context(argv: Sequence[str] | None) -> tuple[Config, torch.device]:
+    """The config and device `--help` describes: those of the --preset, --device and --config on this command
+    line (the machine's defaults otherwise); never an error, since help must always print."""
+    pre = argparse.ArgumentParser(add_help=False)
+    for flag in ("--preset", "--device", "--config"):
+        pre.add_argument(flag)
+    known, _ = pre.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    try:
+        device = resolve_device(known.device if known.device in DEVICES else None)
+    except UserError:
+        device = torch.device("cpu")
+    name = known.preset if known.preset in PRESETS else None
+    try:
+        return load_config(name, known.config, {}, device), device
+    except UserError:
+        return load_config(name, None, {}, device), device
+
+
+def command_parser(prog: str, doc: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    """A command's parser: `doc`'s first paragraph as its description, `epilog` (examples, exit codes) below."""
+    about = " ".join(doc.split("\n\n")[0].split())
+    return argparse.ArgumentParser(prog=prog, description=textwrap.fill(about, 100), epilog=epilog,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_run_flags(ap: argparse.ArgumentParser, argv: Sequence[str] | None = None, *, only: Sequence[str] | None = None,
+                  skip: Sequence[str] = (), help_for: dict[str, str] | None = None) -> dict[str, Any]:
+    """Add the rows of `FLAGS` to `ap` in their groups (`only`: just these flags; `skip`: all but these; `help_for`:
+    another sentence for a flag in this command). Each help gives the default of the preset and device that
+    `argv` asks for. Returns the argument groups by name, for the command's own flags."""
+    cfg, device = help_context(argv)
+    groups: dict[str, Any] = {}
+    for f in FLAGS:
+        if (only is not None and f.names[0] not in only) or f.names[0] in skip:
+            continue
+        if f.group not in groups:
+            groups[f.group] = ap.add_argument_group(GROUPS[f.group])
+        text = (help_for or {}).get(f.names[0]) or f.text(cfg, device)
+        groups[f.group].add_argument(*f.names, dest=f.dest, help=text, **f.options)
+    return groups
+
+
+def group(ap: argparse.ArgumentParser, groups: dict[str, Any], name: str):
+    """The argument group `name` of a parser built by `add_run_flags` (made when it has none yet)."""
+    if name not in groups:
+        groups[name] = ap.add_argument_group(GROUPS.get(name, name))
+    return groups[name]
+
+
+def config_values(args: argparse.Namespace) -> dict[str, Any]:
+    """{config key: value} of the flags given on the command line (a list value as a tuple)."""
+    out = {}
+    for f in FLAGS:
+        v = getattr(args, f.dest, None) if f.key else None
+        if v is not None:
+            out[f.key] = tuple(v) if isinstance(v, list) else v
+    return out

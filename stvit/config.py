@@ -36,8 +36,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 PRESETS = ("paper", "notebook", "demo")
-STAGES = ("pretrain", "finetune")  # the training stages, in order; each has an OptimConfig section of its name
-# (pre-training's, `PretrainConfig`, adds how the MAE masks)
 LEGACY_SECTIONS = {"mae": "pretrain"}  # old name -> name; configs that use the old one still load
 KERNELS = ("auto", "fused", "eager")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -343,13 +341,14 @@ class Config:
         """The recipe for a training split of `n_train` volumes: each stage's `min_steps` applied to its steps per
         epoch (`n_train // batch_size`, the last partial batch is dropped)."""
         steps = n_train // self.train.batch_size
-        return dataclasses.replace(self, **{s: self.optim(s).for_steps_per_epoch(steps) for s in STAGES})
+        return dataclasses.replace(self, **{s: self.optim(s).for_steps_per_epoch(steps) for s in stage_sections()})
 
     def optim(self, stage: str) -> "OptimConfig":
         """The optimizer and schedule section of a training stage (`pretrain` or `finetune`)."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage '{stage}' (choose from {', '.join(STAGES)})")
+        if stage not in stage_sections():
+            raise ValueError(f"unknown stage '{stage}' (choose from {', '.join(stage_sections())})")
         return getattr(self, stage)
+
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
@@ -360,6 +359,14 @@ class Config:
         """A copy with the (possibly partial, nested) values of `d` applied on top."""
         merged = _merge(self.to_dict(), _renamed(d), "")
         return Config.from_dict(merged)
+
+
+def stage_sections() -> tuple[str, ...]:
+    """The config sections that hold a training stage's optimizer and schedule (an `OptimConfig`), in the order of
+    `Config`'s fields. The stages themselves (order, seed, checkpoint, model) are `stvit.training.stages.STAGES`."""
+    hints = typing.get_type_hints(Config)
+    return tuple(f.name for f in dataclasses.fields(Config)
+                 if isinstance(hints[f.name], type) and issubclass(hints[f.name], OptimConfig))
 
 
 def _renamed(d: Any) -> Any:
@@ -454,8 +461,8 @@ def preset(name: str) -> Config:
         # The same code, sized for a 2-core CPU: 21x23 patches (6 per slice instead of 207), one spatial and one
         # temporal block at width 64, 1,920 + 320 synthetic volumes. With 7x2 or 7x23 patches a model this small sat
         # at chance for 500-900 steps of batch 8 (its CLS has to learn where to attend before the loss moves); with
-        # 21x23 patches it leaves chance in the first epoch or two (bench/results/2026-11-26-cpu-demo-calibration.md).
-        # Sized for any data set, not only the built-in one (bench/results/2026-11-29-cpu-demo-recipe.md): each stage
+        # 21x23 patches it leaves chance in the first epoch or two (bench/studies/2026-11-26-cpu-demo-calibration/).
+        # Sized for any data set, not only the built-in one (bench/studies/2026-11-29-cpu-demo-recipe/): each stage
         # runs at least the optimizer steps it runs on the 1,920-volume set (min_steps: 216 pre-training, 1,296
         # fine-tuning; a smaller training split gets more epochs, its warmup stretched with them), so 240 volumes
         # are not left ~150 steps in. No dropout: 0.1 helped 240 and 480 volumes by 1-4 points but cost the

@@ -1,5 +1,5 @@
 """`python -m stvit.cv`: K-fold cross-validation grouped by subject and stratified by label, each fold a whole run
-of the training code.
+of the training code (`stvit.training.crossval`).
 
     python -m stvit.cv --data FILE [--folds 5] [--within-train] [--out DIR] [stvit.train flags]
     python -m stvit.cv --resume DIR      # an interrupted cross-validation continues with its unfinished folds
@@ -28,32 +28,14 @@ does (bit-identical on CPU); a fold with neither (stopped before its first check
 """
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import hashlib
-import json
 import logging
-import shutil
 import sys
-import textwrap
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
 
-import numpy as np
-
-from stvit import data as D
-from stvit.training import distributed as DIST
-from stvit import train as T
-from stvit.cli import read_config_file
-from stvit.config import Config
-from stvit.training.engine import NonFiniteLoss
+from stvit import cli
 from stvit.errors import UserError, run_cli
-from stvit.training.rundir import RunDir, WriteError
-
-FOLDS_FILE = "folds.json"
-METRICS = ("accuracy", "roc_auc")
-
+from stvit.training import api
+from stvit.training import distributed as DIST
+from stvit.training.crossval import plan_cv, run_cv, summary_line
 
 EPILOG = """examples:
   python -m stvit.cv --data HCP_emotion_4D_sample.mat --folds 5 --out runs/cv5     train and test pooled, 5 folds
@@ -63,302 +45,53 @@ EPILOG = """examples:
 exit codes: 0 done; 2 bad input (one 'error:' line, nothing written); 3 a non-finite loss stopped a fold;
 4 a file could not be written (disk full): continue with --resume."""
 
+OWN = {"folds": 5, "within_train": False}  # the cross-validation's own flags and their defaults
 
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The flags of `stvit.train` (the recipe of every fold; their defaults as `stvit.train --help` gives them for
-    the preset and device of `argv`) and the cross-validation's own."""
-    ap = argparse.ArgumentParser(prog="python -m stvit.cv", description=textwrap.fill(__doc__.split("\n\n")[0].replace("\n", " "), 100),
-                                 parents=[T.build_parser(argv)], add_help=False, conflict_handler="resolve",
-                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--folds", type=int, default=5, help=(
+
+def build_parser(argv: list[str] | None = None):
+    """The run flags (the recipe of every fold; their defaults as `stvit.train --help` gives them for the preset
+    and device of `argv`) and the cross-validation's own."""
+    ap = cli.command_parser("python -m stvit.cv", __doc__, EPILOG)
+    groups = cli.add_run_flags(ap, argv, skip=("--stage",), help_for={
+        "--out": "the new cross-validation directory (absent or empty); default: runs/cv-<preset>-<date>-<time>",
+        "--resume": "continue the cross-validation in DIR: its finished folds are read, the others run or continue"})
+    run = cli.group(ap, groups, "run")
+    run.add_argument("--folds", type=int, default=OWN["folds"], help=(
         "number of folds K, at least 2 and at most the number of subjects; default: 5"))
-    ap.add_argument("--within-train", action="store_true", help=(
+    run.add_argument("--within-train", action="store_true", help=(
         "cut the folds from the file's training split only; default: its train and test splits pooled"))
-    ap.add_argument("--out", metavar="DIR", help=(
-        "the new cross-validation directory (absent or empty); default: runs/cv-<preset>-<date>-<time>"))
-    ap.add_argument("--resume", metavar="DIR", help=(
-        "continue the cross-validation in DIR: its finished folds are read, the others run or continue"))
-    ap.add_argument("--stage", default="all", choices=("all",), help=argparse.SUPPRESS)  # every fold runs all
-    ap.add_argument("--explain", action="store_true", help=argparse.SUPPRESS)  # maps: stvit.explain on a fold
     return ap
 
 
-# --- folds ------------------------------------------------------------------------------------------------------
+def given_flags(args) -> list[str]:
+    """The flags of `args` given on the command line (--resume and --quiet aside)."""
+    flags = [cli.FLAG_OF_KEY[k] for k in cli.config_values(args)]
+    flags += [f"--{k}" for k in ("preset", "config", "out") if getattr(args, k)]
+    flags += [f"--{k.replace('_', '-')}" for k, v in OWN.items() if getattr(args, k) != v]
+    return flags
 
-@dataclass
-class Pool:
-    """The volumes the folds are cut from."""
-
-    X: np.ndarray  # (N, 53, 63, 46) float32
-    y: np.ndarray  # (N,) int64
-    ids: np.ndarray  # (N,) str
-    source: str
-    within_train: bool
-
-    def fingerprint(self) -> str:
-        """A digest of the labels and subject ids: a resumed cross-validation checks it is on the same volumes."""
-        h = hashlib.sha256(self.y.astype(np.int64).tobytes())
-        h.update("\n".join(self.ids.tolist()).encode())
-        return h.hexdigest()[:16]
-
-
-def pool_volumes(data: D.HCPData, within_train: bool) -> Pool:
-    """The file's train and test volumes in one pool (or the train split alone); refused without subject ids."""
-    parts = [data.split("train")] if within_train else [data.split("train"), data.split("test")]
-    if any(ids is None for _, _, ids in parts):
-        raise UserError("no subject ids: the folds cannot be grouped by subject (volumes of one subject on both "
-                        "sides of a fold would inflate its accuracy); add ids_train and ids_test to the file",
-                        data.source)
-    if within_train:
-        X, y, ids = parts[0]
-    else:
-        X = np.concatenate([p[0] for p in parts])
-        y, ids = (np.concatenate([p[i] for p in parts]) for i in (1, 2))
-    return Pool(X, y, ids.astype(str), data.source, within_train)
-
-
-def fold_data(pool: Pool, fold: np.ndarray, f: int, with_volumes: bool = True) -> D.HCPData:
-    """Fold f as a data set: training = the other folds, test = fold f (volumes copied; None without them)."""
-    te = fold == f
-    tr = ~te
-    X = (lambda rows: pool.X[rows]) if with_volumes else (lambda rows: None)
-    return D.HCPData(X(tr), pool.y[tr], pool.ids[tr], X(te), pool.y[te], pool.ids[te],
-                     source=f"{pool.source} (fold {f + 1} of {int(fold.max()) + 1})")
-
-
-# --- the plan: everything checked before anything is written -------------------------------------------------------
-
-@dataclass
-class Plan:
-    cfg: Config
-    out: Path
-    pool: Pool
-    fold: np.ndarray  # (N,) fold of each volume
-    resumed: bool
-    fingerprint: tuple  # the directory's state when planned (`RunDir.fingerprint`)
-
-    @property
-    def k(self) -> int:
-        return int(self.fold.max()) + 1
-
-
-def given_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
-    """The flags of `args` that differ from their defaults (--resume and --quiet aside)."""
-    return [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
-            if k not in ("resume", "quiet") and v != parser.get_default(k)]
-
-
-def plan_cv(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Plan:
-    if args.resume:
-        out = Path(args.resume)
-        flags = given_flags(args, parser)
-        if flags:
-            raise UserError(f"--resume continues the cross-validation as it was set up; drop {', '.join(flags)}")
-        if not (out / "config.json").is_file() or not (out / FOLDS_FILE).is_file():
-            raise UserError(f"not a cross-validation directory to resume (needs config.json and {FOLDS_FILE})", out)
-        try:
-            cfg = Config.from_dict(read_config_file(out / "config.json"))
-        except (ValueError, TypeError) as e:
-            raise UserError(str(e), out / "config.json") from None
-        record = read_config_file(out / FOLDS_FILE)
-        pool = pool_volumes(T.load_data(cfg), record["within_train"])
-        if pool.fingerprint() != record["fingerprint"] or len(pool.y) != len(record["fold"]):
-            raise UserError(f"the data is not the one the folds in {FOLDS_FILE} were made for", pool.source)
-        return Plan(cfg, out, pool, np.asarray(record["fold"], np.int64), True, RunDir(out).fingerprint())
-    if args.folds < 2:
-        raise UserError(f"--folds must be >= 2, got {args.folds}")
-    cfg = T.resolve_config(args)
-    out = Path(args.out) if args.out else Path("runs") / f"cv-{cfg.preset}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        hint = "continue it with --resume" if (out / FOLDS_FILE).exists() else "choose another --out"
-        raise UserError(f"exists and is not an empty directory; {hint}", out)
-    pool = pool_volumes(T.load_data(cfg), args.within_train)
-    subjects = len(np.unique(pool.ids))
-    if subjects < args.folds:
-        raise UserError(f"{subjects} subjects for {args.folds} folds: each fold's test part needs subjects of its "
-                        f"own (use --folds {subjects} or fewer)", pool.source)
-    fold = D.subject_folds(pool.ids, pool.y, args.folds, cfg.train.seed)
-    plan = Plan(cfg, out, pool, fold, False, RunDir(out).fingerprint())
-    for f in range(plan.k):  # each fold's validation split and batch, before anything is written
-        light = fold_data(pool, fold, f, with_volumes=False)
-        T.check_split(cfg, T.make_split(cfg, light), light)
-    return plan
-
-
-def start(plan: Plan, run: RunDir) -> None:
-    """A new cross-validation writes its config and its folds."""
-    if not plan.resumed and run.main:
-        plan.out.mkdir(parents=True, exist_ok=True)
-        run.write_json("config.json", plan.cfg.to_dict())
-        p = plan.pool
-        run.write_json(FOLDS_FILE, {
-            "folds": plan.k, "seed": plan.cfg.train.seed, "within_train": p.within_train, "data": p.source,
-            "method": f"sklearn StratifiedGroupKFold(n_splits={plan.k}, shuffle=True, random_state=seed), "
-                      "grouped by subject id, stratified by label",
-            "n_volumes": int(len(p.y)), "fingerprint": p.fingerprint(),
-            "subjects": [sorted(set(p.ids[plan.fold == f].tolist())) for f in range(plan.k)],
-            "fold": plan.fold.tolist()})
-    DIST.barrier()
-
-
-# --- the folds, through the training code --------------------------------------------------------------------------
-
-def run_fold(plan: Plan, f: int, quiet: bool) -> dict[str, Any] | None:
-    """Fold f's metrics: read when the fold is done, else its run (continued from last.pt when there is one)."""
-    out = plan.out / f"fold-{f + 1}"
-    if (out / "metrics.json").is_file():
-        return json.loads((out / "metrics.json").read_text())
-    fold = RunDir(out)
-    if fold.has("last.pt"):
-        argv = ["--resume", str(out)]
-    else:
-        if out.exists() and fold.main:
-            shutil.rmtree(out)  # stopped before its first checkpoint: nothing to continue from
-        DIST.barrier()
-        argv = ["--preset", plan.cfg.preset, "--config", str(plan.out / "config.json"), "--out", str(out)]
-    args = T.build_parser().parse_args(argv + (["--quiet"] if quiet else []))
-    return T.run_plan(*T.agreed_plan(args, fold_data(plan.pool, plan.fold, f)), quiet=quiet)
-
-
-# --- the summary -----------------------------------------------------------------------------------------------------
-
-def interval(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean, standard deviation (ddof 1) and the 95% t-interval of the fold scores (None scores left out)."""
-    from scipy import stats
-
-    v = np.asarray([x for x in values if x is not None], np.float64)
-    out = {"n": int(len(v)), "mean": float(v.mean()) if len(v) else None, "sd": None, "ci95": None}
-    if len(v) >= 2:
-        sd = float(v.std(ddof=1))
-        half = float(stats.t.ppf(0.975, len(v) - 1) * sd / np.sqrt(len(v)))
-        out.update(sd=sd, ci95=[out["mean"] - half, out["mean"] + half])
-    return out
-
-
-def summarize(plan: Plan, results: list[dict[str, Any]]) -> dict[str, Any]:
-    """cv.json: every fold's test metrics (model and baseline) and their intervals."""
-    with_baseline = all("baseline" in m for m in results)
-    folds = []
-    for f, m in enumerate(results):
-        row = {"fold": f + 1, "n_test": m["test"]["n"],
-               "test_subjects": len(set(plan.pool.ids[plan.fold == f].tolist())),
-               "best_epoch": m["best_epoch"], "model": {k: m["test"][k] for k in METRICS}}
-        if with_baseline:
-            row["baseline"] = {k: m["baseline"][k] for k in METRICS + ("C",)}
-            row["difference"] = {k: None if m["test"][k] is None or m["baseline"][k] is None
-                                 else m["test"][k] - m["baseline"][k] for k in METRICS}
-        folds.append(row)
-    parts = ("model", "baseline", "difference") if with_baseline else ("model",)
-    summary = {p: {k: interval([r[p][k] for r in folds]) for k in METRICS} for p in parts}
-    p = plan.pool
-    return {"folds_k": plan.k, "seed": plan.cfg.train.seed, "preset": plan.cfg.preset, "data": p.source,
-            "pooled": "train" if p.within_train else "train+test", "n_volumes": int(len(p.y)),
-            "n_subjects": int(len(np.unique(p.ids))),
-            "interval": "95% t-interval over folds: mean +- t(0.975, K-1) * sd / sqrt(K); folds share training "
-                        "data, so it is narrower than the truth",
-            "folds": folds, "summary": summary}
-
-
-def fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
-
-
-def fmt_interval(s: dict[str, Any]) -> str:
-    if s["ci95"] is None:
-        return f"{fmt(s['mean'])} (one fold)"
-    return f"{fmt(s['mean'])} ± {s['sd']:.3f} (95% CI {s['ci95'][0]:.3f} to {s['ci95'][1]:.3f})"
-
-
-def report(cv: dict[str, Any]) -> str:
-    """cv.md."""
-    parts = [p for p in ("model", "baseline", "difference") if p in cv["summary"]]
-    lines = [f"# Cross-validation: {cv['folds_k']} folds, grouped by subject, stratified by label", "",
-             f"- Data: {cv['data']} ({cv['pooled']} pooled: {cv['n_volumes']} volumes of {cv['n_subjects']} "
-             f"subjects)", f"- Preset {cv['preset']}, seed {cv['seed']}; each fold is a full `stvit.train` run "
-             "in fold-k/ (its validation split from its own training subjects)",
-             f"- Interval: {cv['interval']}", "",
-             "| fold | test volumes | test subjects | best epoch | model accuracy | model ROC-AUC"
-             + (" | baseline accuracy | baseline ROC-AUC | baseline C | difference (accuracy) |"
-                if "baseline" in parts else " |"),
-             "|---" * (10 if "baseline" in parts else 6) + "|"]
-    for r in cv["folds"]:
-        row = f"| {r['fold']} | {r['n_test']} | {r['test_subjects']} | {r['best_epoch']} | " \
-              f"{fmt(r['model']['accuracy'])} | {fmt(r['model']['roc_auc'])} |"
-        if "baseline" in parts:
-            row += f" {fmt(r['baseline']['accuracy'])} | {fmt(r['baseline']['roc_auc'])} | " \
-                   f"{r['baseline']['C']:g} | {fmt(r['difference']['accuracy'])} |"
-        lines.append(row)
-    lines += ["", "| | accuracy: mean ± sd (95% CI) | ROC-AUC: mean ± sd (95% CI) |", "|---|---|---|"]
-    names = {"model": "model", "baseline": "baseline (logistic regression)",
-             "difference": "difference, model - baseline (paired by fold)"}
-    for p in parts:
-        lines.append(f"| {names[p]} | {fmt_interval(cv['summary'][p]['accuracy'])} | "
-                     f"{fmt_interval(cv['summary'][p]['roc_auc'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def summary_line(cv: dict[str, Any], out: Path) -> str:
-    s = cv["summary"]
-    line = f"cv ({cv['folds_k']} folds, grouped by subject): model accuracy {fmt_interval(s['model']['accuracy'])}"
-    if "baseline" in s:
-        line += (f" | baseline {fmt_interval(s['baseline']['accuracy'])} | difference "
-                 f"{fmt_interval(s['difference']['accuracy'])}")
-    return f"{line}; {out / 'cv.md'}"
-
-
-def write_summary(plan: Plan, run: RunDir, cv: dict[str, Any]) -> None:
-    run.write_json("cv.json", cv)
-    run.write_text("cv.md", report(cv))
-
-    def draw(_):
-        from stvit.training.figures import plot_cv_accuracy  # matplotlib, only when figures are drawn
-
-        base = [r["baseline"]["accuracy"] for r in cv["folds"]] if "baseline" in cv["summary"] else None
-        plot_cv_accuracy([r["model"]["accuracy"] for r in cv["folds"]], base, plan.out / "cv_accuracy.png",
-                         f"{cv['folds_k']}-fold cross-validation, grouped by subject")
-
-    run.write_figure(draw)
-
-
-# --- command line ------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser(argv)
-    return T.in_process_group(lambda args: _main(args, parser), parser.parse_args(argv))
-
-
-def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.INFO if DIST.is_main() else logging.WARNING, format="%(message)s")
-    error, plan, run = None, None, None
+    if args.resume and given_flags(args):
+        raise UserError(f"--resume continues the cross-validation as it was set up; drop "
+                        f"{', '.join(given_flags(args))}")
+    DIST.init()
     try:
-        plan = plan_cv(args, parser)
-        run = RunDir(plan.out)
-        T.claim(plan, run)  # the same lock and check as a run's
-    except UserError as e:
-        error = e
-    DIST.agree(error)  # rank 0 holds the directory's lock before anything is written
-    say = print if run.main else (lambda *a, **k: None)
-    try:
-        start(plan, run)
-        results = []
-        for f in range(plan.k):
-            say(f"fold {f + 1} of {plan.k}: {plan.out / f'fold-{f + 1}'}", flush=True)
-            m = run_fold(plan, f, args.quiet)
-            say(T.result_line(m), flush=True)
-            results.append(m)
-        cv = summarize(plan, results)
-        write_summary(plan, run, cv)
-    except NonFiniteLoss as e:
-        say(f"error: fold {f + 1} stopped: {e}; python -m stvit.cv --resume {plan.out} continues it", file=sys.stderr)
-        return 3
-    except WriteError as e:
-        say(f"error: {e}; make room and continue with python -m stvit.cv --resume {plan.out}", file=sys.stderr)
-        return 4
+        error, plan = None, None
+        try:
+            plan = plan_cv(api.Request.from_flags(args), folds=args.folds, within_train=args.within_train)
+        except UserError as e:
+            error = e
+        DIST.agree(error)
+        cv = run_cv(plan, quiet=args.quiet or not sys.stderr.isatty())
+        main_rank = DIST.is_main()
     finally:
-        run.close()
-    say(summary_line(cv, plan.out))
+        DIST.teardown()
+    if main_rank:
+        print(summary_line(cv, plan.out))
     return 0
-
 
 
 if __name__ == "__main__":

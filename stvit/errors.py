@@ -1,9 +1,16 @@
-"""Errors a user can cause (bad files, bad arguments), reported at the edge as one line.
+"""The errors a command ends with, and the one map from error to exit code.
 
-Command-line entry points wrap their `main` with `run_cli`: a `UserError` becomes
-`error: <message>` on stderr and exit code 2, without a traceback; a Python warning is one `warning: <message>`
-line (not the file, line number and source line Python adds by default); output into a pipe whose reader has
-gone (`python -m stvit.data inspect FILE | head -n 1`) ends the command quietly with exit status 141.
+Every command-line entry point wraps its `main` with `run_cli`, the front door: each error below becomes one
+`error: <message>` line on stderr (followed by what is intact and how to continue, when the error says) and its
+exit code, without a traceback:
+
+    2  UserError       something the user gave (a file, an argument, a config value) cannot be used
+    3  NonFiniteLoss   training stopped on a loss that stayed non-finite
+    4  WriteError      a file could not be written (a full disk, a quota, a read-only file system)
+
+A Python warning is one `warning: <message>` line (not the file, line number and source line Python adds by
+default); output into a pipe whose reader has gone (`python -m stvit.data inspect FILE | head -n 1`) ends the
+command quietly with exit status 141. Under torchrun only rank 0 prints (the others exit with the same code).
 """
 from __future__ import annotations
 
@@ -22,9 +29,44 @@ EXIT_BROKEN_PIPE = 141
 class UserError(Exception):
     """A problem with something the user gave us. `str(err)` is the whole one-line message."""
 
+    exit_code = 2
+
     def __init__(self, message: str, path: object | None = None):
         self.path = None if path is None else str(path)
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training stopped: the loss was not finite for too many steps in a row. `hint`: what is intact and how to
+    continue (set by whoever knows the run directory)."""
+
+    exit_code = 3
+    hint: str | None = None
+
+    def line(self) -> str:
+        return f"training stopped: {self}" + (f"; {self.hint}" if self.hint else "")
+
+
+class WriteError(Exception):
+    """A file could not be written (a full disk, a quota, a read-only file system). The writes are atomic, so
+    the previous version of the file is intact; `hint` says what is intact and how to continue."""
+
+    exit_code = 4
+    hint: str | None = None
+
+    def __init__(self, path, err: OSError):
+        from pathlib import Path
+
+        self.path, self.reason = Path(path), err.strerror or str(err)
+        super().__init__(f"{self.path}: cannot write ({self.reason})")
+
+    def line(self) -> str:
+        return str(self) + (f"; {self.hint}" if self.hint else "")
+
+
+def exit_code(err: BaseException) -> int | None:
+    """The exit code of an error this module knows (None for any other exception)."""
+    return getattr(err, "exit_code", None) if isinstance(err, (UserError, NonFiniteLoss, WriteError)) else None
 
 
 def one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -32,16 +74,17 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run a command-line `main`; turn a `UserError` into one stderr line and exit code 2, and a closed standard
-    output into a quiet EXIT_BROKEN_PIPE (or the command's own error status)."""
+    """Run a command-line `main`: an error of this module becomes one stderr line and its exit code (2, 3, 4), a
+    closed standard output a quiet EXIT_BROKEN_PIPE (or the command's own error status)."""
     warnings.formatwarning = one_line_warning
     code = None
     try:
         try:
             code = int(main(argv) or 0)
-        except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
-            code = 2
+        except (UserError, NonFiniteLoss, WriteError) as err:
+            if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 alone says it
+                print(f"error: {err.line() if hasattr(err, 'line') else err}", file=sys.stderr, flush=True)
+            code = err.exit_code
         except SystemExit:  # argparse after --help or a usage error
             sys.stdout.flush()
             raise

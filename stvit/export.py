@@ -1,20 +1,15 @@
-"""Export a trained classifier for C++ inference: `torch.export` + AOTInductor, one `.pt2` package.
+"""`python -m stvit.export`: a trained classifier as one AOTInductor package (`.pt2`) for C++ inference.
 
     python -m stvit.export --checkpoint RUN/checkpoints/best.pt --out model.pt2 [--device cpu|cuda]
 
 Writes three files:
-- `model.pt2`: the AOTInductor package (compiled model + weights) that `stvit_infer` (CMakeLists.txt) loads.
-  Its metadata carries what the runner checks an input against: the volume shape (T, H, W), the class names.
-  The batch dimension is dynamic (any N >= 1).
+- `model.pt2`: the AOTInductor package (compiled model + weights) that `stvit_infer` (CMakeLists.txt) loads. Its
+  metadata carries what the runner checks an input against: the volume shape (T, H, W), the class names. The batch
+  dimension is dynamic (any N >= 1). What it runs: `stvit.model.export` (the run's preprocessing, then the
+  classifier with the eager ops).
 - `model.pt2.golden.npy`: a few seeded random volumes (N, T, H, W) float32, a golden input for testing.
-- `model.pt2.json`: the same metadata for people, and the golden input's logits and probabilities computed by
-  the eager PyTorch model, to check a deployment against.
-
-The package applies the input preprocessing the run was trained with (per-volume z-scoring over the non-zero
-voxels when the run's data config has `zscore`), then the classifier, in eval mode, through the eager ops
-(`kernels="eager"`: plain torch ops, which always export); the fused Triton ops are a training-time optimization.
-A package is specific to the device it was compiled for (cpu or cuda), the CPU's instruction set and the torch
-version that wrote it: run it with a `stvit_infer` built against the same torch.
+- `model.pt2.json`: the same metadata for people, and the golden input's logits and probabilities computed by the
+  eager PyTorch model, to check a deployment against. See docs/deployment.md.
 """
 from __future__ import annotations
 
@@ -23,132 +18,20 @@ import json
 import os
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
-from torch import Tensor
 
-from stvit.training import checkpoint as ckpt
-from stvit.config import Config
 from stvit.cli import check_writable
 from stvit.errors import UserError, run_cli
-from stvit.model.vit import SpatioTemporalClassifier
-
-FORMAT = "1"  # version of the `stvit.*` metadata keys the runner reads
-GOLDEN_N = 3  # volumes in the golden input: more than one, so batching is exercised
-
-
-def zscore(x: Tensor) -> Tensor:
-    """(B, T, H, W) -> the same, each volume z-scored over its non-zero voxels; the background stays 0 and a
-    constant volume is only centered. The torch twin of `stvit.data.zscore_volumes` (statistics in float64)."""
-    v = x.flatten(1)  # (B, T*H*W)
-    inside = v != 0
-    n = inside.sum(1, keepdim=True).clamp_min(1)
-    mean = v.double().sum(1, keepdim=True) / n
-    centered = v - mean.to(v.dtype)
-    var = (centered.square() * inside).double().sum(1, keepdim=True) / n
-    std = var.sqrt()
-    std = torch.where(std == 0, torch.ones_like(std), std)
-    return torch.where(inside, centered / std.to(v.dtype), torch.zeros_like(v)).view_as(x)
+from stvit.model.export import Deployed, export, golden_input, metadata
+from stvit.training.checkpoint import usual_mode
+from stvit.training.rundir import load_model
 
 
-class Deployed(nn.Module):
-    """What the package runs: the input preprocessing the run's data config asked for, then the classifier.
-    Volumes (B, T, H, W) -> logits (B, num_classes)."""
-
-    def __init__(self, clf: SpatioTemporalClassifier, zscore: bool):
-        super().__init__()
-        self.clf = clf
-        self.zscore = zscore
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.clf(zscore(x) if self.zscore else x)
-
-
-def load_classifier(path: Path) -> tuple[Deployed, Config, dict[str, Any]]:
-    """The classifier of a fine-tuning checkpoint with its input preprocessing, in eval mode on the CPU, with the
-    eager ops."""
-    if not path.is_file():
-        raise UserError("no such checkpoint file", path)
-    try:
-        state = ckpt.load(path)
-    except Exception as e:  # noqa: BLE001 - any failure to unpickle means "not a checkpoint"
-        raise UserError(f"not a readable checkpoint ({type(e).__name__}: {_first_line(e)})", path) from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise UserError("not an stvit checkpoint (needs 'model' and 'config')", path)
-    if state.get("stage") == "pretrain":
-        raise UserError("this is a pre-training checkpoint (the MAE); export a fine-tuned one (checkpoints/best.pt)",
-                        path)
-    try:
-        cfg = Config.from_dict(state["config"])
-    except (ValueError, TypeError) as e:
-        raise UserError(f"bad config in checkpoint ({e})", path) from None
-    mcfg = cfg.model
-    mcfg.kernels = "eager"  # plain torch ops: what torch.export traces
-    clf = SpatioTemporalClassifier(mcfg)
-    try:
-        clf.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise UserError(f"weights do not match a classifier of its config ({_first_line(e)})", path) from None
-    return Deployed(clf, cfg.data.zscore).eval(), cfg, state
-
-
-def golden_input(volume: tuple[int, int, int], n: int = GOLDEN_N, seed: int = 0) -> torch.Tensor:
-    """(n, T, H, W) float32: seeded standard-normal voxels (the scale of z-scored data) inside a one-voxel
-    border of exact zeros (the background of real volumes)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.zeros(n, *volume)
-    x[:, 1:-1, 1:-1, 1:-1] = torch.randn(n, *(max(v - 2, 0) for v in volume), generator=g)
-    return x
-
-
-def metadata(cfg: Config, epoch: Any) -> dict[str, str]:
-    """String key/values stored in the package; `stvit_infer` reads them with `get_metadata()`."""
-    names = list(cfg.data.class_names)
-    if len(names) != cfg.model.num_classes:
-        names = [f"class{i}" for i in range(cfg.model.num_classes)]
-    meta = {
-        "stvit.format": FORMAT,
-        "stvit.volume": ",".join(str(v) for v in cfg.model.volume),  # T,H,W
-        "stvit.num_classes": str(cfg.model.num_classes),
-        "stvit.ops": "eager",
-        "stvit.preprocess": "zscore" if cfg.data.zscore else "none",  # done inside the package
-        "stvit.epoch": str(epoch),
-    }
-    meta.update({f"stvit.class.{i}": name for i, name in enumerate(names)})
-    return meta
-
-
-def export(model: Deployed, meta: dict[str, str], out: Path, device: torch.device) -> float:
-    """torch.export with a dynamic batch, AOTInductor compile and package to `out`; returns the seconds taken."""
-    import torch._inductor  # noqa: F401 - the AOTInductor entry points (imported here: it is slow to import)
-
-    t0 = time.perf_counter()
-    model = model.to(device)
-    example = golden_input(model.clf.cfg.volume, n=2).to(device)
-    batch = torch.export.Dim("batch", min=1)
-    with torch.no_grad():
-        ep = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
-    # Compile to a temporary name beside `out`, then move it into place: a failed export leaves `out` untouched.
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".pt2", dir=out.parent)
-    os.close(fd)
-    try:
-        torch._inductor.aoti_compile_and_package(ep, package_path=tmp,
-                                                 inductor_configs={"aot_inductor.metadata": meta})
-        ckpt.usual_mode(tmp)  # mkstemp made it private
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return time.perf_counter() - t0
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv=None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m stvit.export",
                                  description="Export a trained classifier to an AOTInductor package for stvit_infer.")
     ap.add_argument("--checkpoint", required=True, type=Path, metavar="FILE",
@@ -160,14 +43,29 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def package(model: Deployed, meta: dict[str, str], out: Path, device: torch.device) -> float:
+    """`export` into a temporary name beside `out`, then moved into place: a failed export leaves `out` untouched."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".pt2", dir=out.parent)
+    os.close(fd)
+    try:
+        secs = export(model, meta, Path(tmp), device)
+        usual_mode(tmp)  # mkstemp made it private
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return secs
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser(argv).parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here")
     out: Path = args.out
     check_writable(out, "file")
-    model, cfg, state = load_classifier(args.checkpoint)
+    trained = load_model(args.checkpoint, stage="finetune")  # the eager ops: plain torch, what torch.export traces
+    cfg, state = trained.cfg, trained.state
+    model = Deployed(trained.model, cfg.data.zscore).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     meta = metadata(cfg, state.get("epoch", "?"))
@@ -180,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         # torch's own pytree deprecation notice, raised inside export and packaging: noise to this command's user.
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-        secs = export(model, meta, out, device)
+        secs = package(model, meta, out, device)
         # Load the package back and run the golden input through it: the export is checked before anyone ships it.
         pkg = torch._inductor.aoti_load_package(str(out))
         with torch.no_grad():
@@ -214,10 +112,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
-
-
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    sys.exit(run_cli(main))

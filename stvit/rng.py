@@ -30,12 +30,10 @@ class Stream(enum.IntEnum):
     AUGMENT = 4  # the random augmentations of each training batch (elastic fields, intensity factors, noise)
 
 
-STAGE_OFFSET = {"pretrain": 1, "finetune": 2}
-
-
-def stage_seed(seed: int, stage: str) -> int:
-    """The seed of a stage's per-epoch streams, from the run's seed."""
-    return seed * 1000 + STAGE_OFFSET[stage]
+def stage_seed(seed: int, offset: int) -> int:
+    """The seed of a stage's per-epoch streams, from the run's seed and the stage's own offset
+    (`stvit.training.stages.Stage.seed_offset`)."""
+    return seed * 1000 + offset
 
 
 def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:

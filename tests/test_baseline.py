@@ -13,7 +13,7 @@ from sklearn.preprocessing import StandardScaler
 from stvit.training import baseline as B
 from stvit import data as D
 from stvit.training import fit as FIT
-from stvit import train as T
+from stvit.training import api as API
 from stvit.data import load_split
 from stvit.training.metrics import classification_metrics
 from stvit.training.rundir import RunDir
@@ -94,13 +94,13 @@ def test_a_run_reports_its_baseline_and_reads_test_only_at_the_end(tiny, tmp_pat
     data, cfg = tiny
     events = []
     real_log, real_test, real_split, real_fit = RunDir.log, FIT.Splits.test, D.HCPData.split, B.fit_baseline
-    real_evaluate = T.evaluate
+    real_evaluate = API.evaluate
     monkeypatch.setattr(RunDir, "log", lambda self, r: (events.append("epoch"), real_log(self, r))[1])
     monkeypatch.setattr(FIT.Splits, "test", lambda self: (events.append("test"), real_test(self))[1])
     monkeypatch.setattr(D.HCPData, "split", lambda self, name: (events.append(f"split {name}"),
                                                                 real_split(self, name))[1])
     monkeypatch.setattr(B, "fit_baseline", lambda *a: (events.append("baseline fit"), real_fit(*a))[1])
-    monkeypatch.setattr(T, "evaluate", lambda *a: (events.append("evaluate"), real_evaluate(*a))[1])
+    monkeypatch.setattr(API, "evaluate", lambda *a: (events.append("evaluate"), real_evaluate(*a))[1])
     out = tmp_path / "run"
     assert run_main(["--data", str(data), "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from stvit import cv as CV
+from stvit.training import crossval
 from stvit import data as D
 from stvit.errors import run_cli
 from stvit.training.rundir import RunDir
@@ -50,7 +51,7 @@ def test_folds_are_grouped_stratified_and_deterministic():
 def test_pool_is_train_and_test_or_train_alone():
     data = D.HCPData(np.zeros((4, 1)), np.array([0, 1, 0, 1]), np.array(list("aabb")), np.ones((2, 1)),
                      np.array([0, 1]), np.array(["c", "c"]), source="x")
-    pooled, train = CV.pool_volumes(data, within_train=False), CV.pool_volumes(data, within_train=True)
+    pooled, train = crossval.pool_volumes(data, within_train=False), crossval.pool_volumes(data, within_train=True)
     assert pooled.X[:, 0].tolist() == [0, 0, 0, 0, 1, 1] and pooled.ids.tolist() == list("aabbcc")
     assert train.X.shape == (4, 1) and train.y.tolist() == [0, 1, 0, 1]
 

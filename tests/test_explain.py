@@ -19,6 +19,9 @@ import pytest
 import torch
 
 from stvit import explain as E
+from stvit.maps import attribution as A
+from stvit.maps import render as R
+from stvit.maps import validation as V
 from stvit.config import Config
 from stvit.data import grid_affine, load_dataset, write_dataset
 from stvit.data.batches import DeviceSplit
@@ -35,13 +38,13 @@ CPU = torch.device("cpu")
 FP32 = Precision.resolve("fp32", CPU)
 
 # --- the validation model: its own recipe (tests/explain_validation.json), so that a change of the demo preset cannot
-# move these checks; bench/explain_validation.py runs the same recipe over several seeds --------------------------
+# move these checks; bench/studies/2026-11-29-cpu-maps/explain_validation.py runs the same recipe over several seeds
 
 VALIDATION = json.loads((Path(__file__).parent / "explain_validation.json").read_text())
 EXPLAIN = ["--n", "32", "--steps", "32"]  # test volumes, IG steps (16 left some volumes 35% off completeness)
 
-# Thresholds with margin, from this recipe over seeds 0-3 and its controls (bench/explain_validation.py; the numbers
-# in bench/results/2026-11-29-cpu-maps/README.md): trained / controls measured
+# Thresholds with margin, from this recipe over seeds 0-3 and its controls (explain_validation.py; the numbers in
+# bench/studies/2026-11-29-cpu-maps/README.md): trained / controls measured
 MIN_PEARSON = 0.1  # class-difference map vs the planted difference, over the brain: 0.15-0.31 / -0.03-0.00
 MIN_SPEARMAN_REGIONS = 0.12  # the same, ranks over the planted regions: 0.21-0.26 / -0.11-0.02
 MIN_ENRICHMENT = 4.0  # top 1% of the class-difference map in the discriminative regions, over chance: 7.6-8.5 / 0.7-2.2
@@ -100,7 +103,7 @@ def controls(validation):
     torch.manual_seed(123)
     reinitialized = SpatioTemporalClassifier(shuffled.cfg)
     steps = record["integrated_gradients"]["steps"]
-    out = {name: E.explain(m, FP32, split, methods=("ig",), steps=steps, batch_size=16).maps
+    out = {name: A.explain(m, FP32, split, methods=("ig",), steps=steps, batch_size=16).maps
            for name, m in (("shuffled labels", shuffled), ("re-initialized", reinitialized))}
     timed("IG of the two controls", t0)
     return out
@@ -129,7 +132,7 @@ def test_hooks_recompute_the_attention_sdpa_applies():
         again = module.proj((w @ v).transpose(1, 2).reshape(B, N, C))
         torch.testing.assert_close(again, out, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(w.sum(-1), torch.ones(B, module.heads, N))
-    with E.recorded_attention(model.spatial.blocks) as spatial, torch.no_grad():
+    with A.recorded_attention(model.spatial.blocks) as spatial, torch.no_grad():
         hooked = model(x)
     assert torch.equal(hooked, plain) and len(spatial) == model.cfg.depth
     assert not model.spatial.blocks[0].attn._forward_hooks  # removed on exit
@@ -139,15 +142,15 @@ def test_rollout_adds_the_residual_and_renormalizes():
     a = torch.softmax(torch.randn(2, 4, 4), -1)
     b = torch.softmax(torch.randn(2, 4, 4), -1)
     eye = torch.eye(4)
-    torch.testing.assert_close(E.rollout([a]), (a + eye) / 2)
-    torch.testing.assert_close(E.rollout([a, b]), ((b + eye) / 2) @ ((a + eye) / 2))
-    torch.testing.assert_close(E.rollout([a, b]).sum(-1), torch.ones(2, 4))
+    torch.testing.assert_close(A.rollout([a]), (a + eye) / 2)
+    torch.testing.assert_close(A.rollout([a, b]), ((b + eye) / 2) @ ((a + eye) / 2))
+    torch.testing.assert_close(A.rollout([a, b]).sum(-1), torch.ones(2, 4))
 
 
 def test_spread_puts_each_patch_on_its_own_pixels():
     grid = torch.zeros(2, 3)  # a 2x3 grid of 7x2 patches over a 15x6 slice: the last row is never seen
     grid[1, 2] = 1.0
-    out = E.spread(grid, (7, 2), (15, 6))
+    out = A.spread(grid, (7, 2), (15, 6))
     assert out.shape == (15, 6)
     assert torch.all(out[7:14, 4:6] == 1 / 14) and out.sum() == pytest.approx(1.0)
     assert out[14].abs().sum() == 0
@@ -156,8 +159,8 @@ def test_spread_puts_each_patch_on_its_own_pixels():
 def test_attention_maps_are_distributions_over_the_volume():
     model = SpatioTemporalClassifier(small_config()).eval()
     x = torch.randn(4, *model.cfg.volume)
-    fn = E.steps_build(model, FP32)
-    logits, maps = E.attention_maps(model, fn, x)
+    fn = A.steps_build(model, FP32)
+    logits, maps = A.attention_maps(model, fn, x)
     assert maps.shape == x.shape and (maps >= 0).all()
     torch.testing.assert_close(maps.sum((1, 2, 3)), torch.ones(4))
     with torch.no_grad():
@@ -169,14 +172,14 @@ def test_integrated_gradients_are_complete():
     up to Captum's convergence delta, which is what maps.json reports."""
     model = SpatioTemporalClassifier(small_config()).eval()
     x = torch.randn(5, *model.cfg.volume)
-    fn = E.steps_build(model, FP32)
+    fn = A.steps_build(model, FP32)
     with torch.no_grad():
         gap = fn(x) - fn(torch.zeros_like(x))
     for target in (0, 1):
-        attr, delta = E.integrated_gradients(fn, x, target, steps=16, internal_batch_size=8)
+        attr, delta = A.integrated_gradients(fn, x, target, steps=16, internal_batch_size=8)
         total = attr.double().sum((1, 2, 3))
         torch.testing.assert_close(total - gap[:, target].double(), delta.double(), rtol=0, atol=1e-4)
-        assert not E.incomplete(delta.numpy()[:, None], gap[:, target].numpy()[:, None]).any(), (delta, gap)
+        assert not A.incomplete(delta.numpy()[:, None], gap[:, target].numpy()[:, None]).any(), (delta, gap)
 
 
 # --- the command on the validation model ---------------------------------------------------------------------------
@@ -222,12 +225,12 @@ def test_ig_completeness_on_the_validation_model(validation):
     print(f"IG convergence delta ({ig['steps']} steps): max |delta| {delta.max():.2e}, mean {delta.mean():.2e}; "
           f"|logit gap| median {np.median(gap):.2f}, max {gap.max():.2f}")
     assert ig["max_abs_delta"] == pytest.approx(delta.max())
-    assert not E.incomplete(delta, gap).any() and ig["incomplete"] == 0
+    assert not A.incomplete(delta, gap).any() and ig["incomplete"] == 0
 
 
 def test_maps_find_the_planted_patterns(validation):
     metrics = json.loads((validation / "trained" / "metrics.json").read_text())
-    agreement = E.planted_agreement(E.read_maps(validation / "trained" / "maps"), planted_patterns())
+    agreement = V.planted_agreement(R.read_maps(validation / "trained" / "maps"), planted_patterns())
     print(f"validation model: test accuracy {metrics['test']['accuracy']:.3f}; agreement with the planted "
           f"patterns: {json.dumps({k: round(v, 3) for k, v in agreement.items()})}")
     assert agreement["pearson"] >= MIN_PEARSON
@@ -238,13 +241,13 @@ def test_maps_find_the_planted_patterns(validation):
 def test_sanity_checks_controls_do_not_look_like_the_trained_map(validation, controls):
     """Adebayo et al. (2018): a map that survives re-initializing the weights or shuffling the training labels
     shows the input, not the model."""
-    trained = E.read_maps(validation / "trained" / "maps")
+    trained = R.read_maps(validation / "trained" / "maps")
     brain = planted_patterns().brain
-    diff = E.class_difference(trained)
+    diff = V.class_difference(trained)
     for name, maps in controls.items():
-        rho = E.correlation(E.class_difference(maps), diff, brain, rank=True)
-        rho_abs = E.correlation(maps["ig_abs_mean"], trained["ig_abs_mean"], brain, rank=True)
-        agreement = E.planted_agreement(maps, planted_patterns())
+        rho = V.correlation(V.class_difference(maps), diff, brain, rank=True)
+        rho_abs = V.correlation(maps["ig_abs_mean"], trained["ig_abs_mean"], brain, rank=True)
+        agreement = V.planted_agreement(maps, planted_patterns())
         print(f"{name}: Spearman with the trained class-difference map {rho:.3f} (abs-mean maps {rho_abs:.3f}); "
               f"planted: {json.dumps({k: round(v, 3) for k, v in agreement.items()})}")
         assert abs(rho) <= MAX_CONTROL_RANK and abs(rho_abs) <= MAX_CONTROL_RANK_ABS

@@ -26,6 +26,7 @@ import torch.utils
 
 from stvit.training import checkpoint
 from stvit import export
+from stvit.model import export as EXP
 from stvit.config import Config, DataConfig, ModelConfig
 from stvit.data import zscore_volumes
 from stvit.errors import run_cli
@@ -66,7 +67,7 @@ def test_zscore_in_the_package_matches_the_data_loader():
     x[3] = 0
     x[3, 2, 3, 3] = x[3, 2, 3, 4] = 5.0  # a constant volume: only centered
     want = zscore_volumes(x.copy())
-    got = export.zscore(torch.from_numpy(x)).numpy()
+    got = EXP.zscore(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     assert (got[:, 0] == 0).all()
 
@@ -74,7 +75,7 @@ def test_zscore_in_the_package_matches_the_data_loader():
 def test_export_refuses_a_missing_checkpoint(tmp_path, capsys):
     rc = run_cli(export.main, ["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "m.pt2")])
     err = capsys.readouterr().err
-    assert rc == 2 and err == f"error: {tmp_path / 'nope.pt'}: no such checkpoint file\n"
+    assert rc == 2 and err == f"error: {tmp_path / 'nope.pt'}: no such checkpoint\n"
     assert not (tmp_path / "m.pt2").exists()
 
 
@@ -83,7 +84,7 @@ def test_export_refuses_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
     bad.write_bytes(b"\x00not a checkpoint" * 10)
     rc = run_cli(export.main, ["--checkpoint", str(bad), "--out", str(tmp_path / "m.pt2")])
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith(f"error: {bad}: not a readable checkpoint") and err.count("\n") == 1
+    assert rc == 2 and err.startswith(f"error: {bad}: cannot read checkpoint") and err.count("\n") == 1
 
 
 def test_export_refuses_a_pretraining_checkpoint(tmp_path, capsys):
@@ -94,7 +95,7 @@ def test_export_refuses_a_pretraining_checkpoint(tmp_path, capsys):
                            "epoch": 1})
     rc = run_cli(export.main, ["--checkpoint", str(path), "--out", str(tmp_path / "m.pt2")])
     err = capsys.readouterr().err
-    assert rc == 2 and "pre-training checkpoint" in err and err.count("\n") == 1
+    assert rc == 2 and "holds the pretrain stage's model" in err and err.count("\n") == 1
 
 
 # --- export + CMake build, once per session ---------------------------------------------------------------------
@@ -165,7 +166,7 @@ def test_export_writes_package_golden_input_and_sidecar(deployed):
     model = deployed["model"]
     side = json.loads(model.with_name("model.pt2.json").read_text())
     golden = np.load(model.with_name("model.pt2.golden.npy"))
-    assert golden.dtype == np.float32 and golden.shape == (export.GOLDEN_N, *TINY.volume)
+    assert golden.dtype == np.float32 and golden.shape == (EXP.GOLDEN_N, *TINY.volume)
     assert side["class_names"] == list(CLASSES) and side["ops"] == "eager" and side["preprocess"] == "zscore"
     assert side["metadata"]["stvit.volume"] == "5,14,6"
     assert side["golden"]["package_max_abs_diff"] < 1e-5  # the package, loaded back in Python, matches eager

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from stvit import profile
+from stvit.perf import profiler
 from stvit.config import preset
 from stvit.errors import run_cli
 from stvit.perf.nvml import NvmlSampler
@@ -76,7 +77,7 @@ def test_nvml_sampler_on_cpu_is_a_no_op():
 def test_host_batches_copy_float32_volumes_to_the_device():
     X = np.random.rand(5, 2, 3, 4).astype(np.float32)
     y = np.arange(5) % 2
-    it = profile.host_batches(X, y, 2, torch.device("cpu"), num_workers=0)
+    it = profiler.host_batches(X, y, 2, torch.device("cpu"), num_workers=0)
     seen = [next(it) for _ in range(4)]  # 2 batches per epoch (last partial dropped), then the next epoch
     for x, yb, idx in seen:
         assert x.shape == (2, 2, 3, 4) and x.dtype == torch.float32
@@ -87,7 +88,7 @@ def test_host_batches_copy_float32_volumes_to_the_device():
 def test_time_epochs_runs_each_variant():
     cfg = preset("demo").override({**TINY, "train": {"batch_size": 1, "device": "cpu"}})
     X = np.random.randn(2, *cfg.model.volume).astype(np.float32)
-    rows = profile.time_epochs(cfg, X, np.array([0, 1]), torch.device("cpu"), stages=("pretrain",), warmup=0,
-                               variants=("baseline", profile.Variant("eager", False, "device", True)))
+    rows = profiler.time_epochs(cfg, X, np.array([0, 1]), torch.device("cpu"), stages=("pretrain",), warmup=0,
+                               variants=("baseline", profiler.Variant("eager", False, "device", True)))
     assert [r["variant"] for r in rows] == ["baseline", "eager ops, no compile, device data"]
     assert all(r["steps"] == 2 and r["samples"] == 2 and r["epoch_seconds"] > 0 for r in rows)

@@ -11,6 +11,7 @@ import torch
 from stvit import cli
 from stvit.training import engine
 from stvit import train as T
+from stvit.training import api as API
 from stvit.config import Config, OptimConfig, preset
 
 from helpers import TINY_RUN, write_tiny_data
@@ -58,7 +59,7 @@ def test_a_new_run_plans_the_stretched_recipe(tmp_path):
                              "data": {"val_fraction": 0.25}, "train": {"batch_size": 4},
                              "finetune": {"epochs": 2, "min_steps": 40}}))
     args = T.build_parser().parse_args(["--data", str(data), "--config", str(f), "--out", str(tmp_path / "r")])
-    plan = T.plan_run(args)
+    plan = API.plan(API.Request.from_flags(args))
     steps = len(plan.split["train"]) // 4
     assert plan.cfg.finetune.epochs == int(np.ceil(40 / steps)) > 2
     assert not (tmp_path / "r").exists()  # planned, nothing written

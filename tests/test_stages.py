@@ -8,7 +8,7 @@ import torch
 
 from stvit.training import engine
 from stvit.training import stages
-from stvit.profile import StepRunner, Variant
+from stvit.perf.profiler import StepRunner, Variant
 
 from helpers import run_epoch, stage_config, tiny_volumes
 

@@ -16,7 +16,7 @@ import torch
 from stvit.training import checkpoint as ckpt
 from stvit.training import fit as FIT
 from stvit.training import stages
-from stvit import train as T
+from stvit.training import api as API
 from stvit.data import load_split
 from stvit.training.metrics import classification_metrics
 from stvit.training.rundir import RunDir, read_log
@@ -114,10 +114,10 @@ def test_resume_after_sigkill_mid_epoch_is_bit_identical(tiny, tiny_run, tmp_pat
 def test_selection_never_touches_test_before_final_evaluation(tiny, tmp_path, monkeypatch):
     data, cfg = tiny
     events = []
-    real_log, real_test, real_evaluate = RunDir.log, FIT.Splits.test, T.evaluate
+    real_log, real_test, real_evaluate = RunDir.log, FIT.Splits.test, API.evaluate
     monkeypatch.setattr(RunDir, "log", lambda self, r: (events.append(("epoch", r["stage"])), real_log(self, r))[1])
     monkeypatch.setattr(FIT.Splits, "test", lambda self: (events.append(("test", None)), real_test(self))[1])
-    monkeypatch.setattr(T, "evaluate", lambda *a: (events.append(("evaluate", None)), real_evaluate(*a))[1])
+    monkeypatch.setattr(API, "evaluate", lambda *a: (events.append(("evaluate", None)), real_evaluate(*a))[1])
     assert run_main(["--data", str(data), "--config", str(cfg), "--out", str(tmp_path / "r"), "--quiet"]) == 0
     first_test = events.index(("test", None))
     assert events[first_test - 1] == ("evaluate", None)
@@ -174,7 +174,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, mo
         loss = real(model, precision, x, noise)
         return loss * float("nan") if calls["n"] > 6 else loss  # 6 steps = one epoch of 24 volumes / 4
 
-    monkeypatch.setattr(T, "PRETRAIN", dataclasses.replace(stages.PRETRAIN, loss=poisoned))
+    monkeypatch.setattr(API, "PRETRAIN", dataclasses.replace(stages.PRETRAIN, loss=poisoned))
     out = tmp_path / "nan"
     assert run_main(["--data", str(data), "--config", str(cfg), "--out", str(out), "--quiet"]) == 3
     err = capsys.readouterr().err

@@ -17,6 +17,7 @@ optuna = pytest.importorskip("optuna")  # the tune extra, in dev: CI has it
 
 from stvit.training import fit as FIT  # noqa: E402
 from stvit import tune as TU  # noqa: E402
+from stvit.training import search as S  # noqa: E402
 from stvit.config import Config  # noqa: E402
 from stvit.data import subject_folds  # noqa: E402
 
@@ -34,13 +35,14 @@ SPACE = {"params": {"finetune.lr": {"low": 0.3, "high": 3.0, "log": True, "times
 KILLER = """
 import os, signal, sys
 import stvit.tune as TU
-TU.HEARTBEAT_S, TU.GRACE_S = 1, 2
-real = TU.Objective.fold
+import stvit.training.search as S
+S.HEARTBEAT_S, S.GRACE_S = 1, 2
+real = S.Objective.fold
 def fold(self, trial, cfg, k):
     if trial.number == 0 and k == 1:  # trial 0 finished its first fold: die before the second
         os.kill(os.getpid(), signal.SIGKILL)
     return real(self, trial, cfg, k)
-TU.Objective.fold = fold
+S.Objective.fold = fold
 sys.exit(TU.run_cli(TU.main, sys.argv[1:]))
 """
 
@@ -74,12 +76,12 @@ def test_study_is_leak_free_resumes_after_a_kill_and_ends_with_a_final_run(files
     time.sleep(3)  # the killed trial's heartbeat is older than its grace period
 
     events, folds = [], []
-    monkeypatch.setattr(TU, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(TU, "GRACE_S", 2)
-    real_test, real_final, real_fold = FIT.Splits.test, TU.final_run, TU.Objective.fold
+    monkeypatch.setattr(S, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(S, "GRACE_S", 2)
+    real_test, real_final, real_fold = FIT.Splits.test, S.final_run, S.Objective.fold
     monkeypatch.setattr(FIT.Splits, "test", lambda self: events.append("test") or real_test(self))
-    monkeypatch.setattr(TU, "final_run", lambda *a, **k: events.append("final") or real_final(*a, **k))
-    monkeypatch.setattr(TU.Objective, "fold",
+    monkeypatch.setattr(S, "final_run", lambda *a, **k: events.append("final") or real_final(*a, **k))
+    monkeypatch.setattr(S.Objective, "fold",
                         lambda self, trial, c, k: folds.append((trial.number, k)) or real_fold(self, trial, c, k))
     assert tune_main(args) == 0
     assert events[0] == "final" and "test" in events  # the test split is read by the final run, never before
@@ -113,8 +115,8 @@ def test_a_fold_stops_when_the_pruner_says_so(files, tmp_path):
     data, cfg, space = files
     args = TU.build_parser().parse_args(["--data", str(data), "--config", str(cfg), "--space", str(space),
                                          "--trials", "1", "--folds", "2", "--out", str(tmp_path / "t"), "--quiet"])
-    search = TU.plan_search(args)
-    objective = TU.Objective(search, quiet=True)
+    search = TU.plan_from_args(args)
+    objective = S.Objective(search, quiet=True)
     study = optuna.create_study(direction="maximize")
     trial = study.ask()
     reports = []
@@ -122,7 +124,7 @@ def test_a_fold_stops_when_the_pruner_says_so(files, tmp_path):
     trial.should_prune = lambda: True
     with pytest.raises(optuna.TrialPruned, match="fold 2, epoch 1"):
         objective.fold(trial, search.base, 1)
-    assert [s for s, _ in reports] == [TU.FOLD_STEPS]  # step = fold * FOLD_STEPS + epoch - 1
+    assert [s for s, _ in reports] == [S.FOLD_STEPS]  # step = fold * FOLD_STEPS + epoch - 1
     log = (tmp_path / "t" / "trials" / "0" / "fold-2" / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["stage"] for line in log] == ["pretrain", "finetune"]
     assert not (tmp_path / "t" / "trials" / "0" / "fold-2" / "checkpoints").exists()
@@ -173,14 +175,14 @@ def test_without_optuna_one_line_says_what_to_install(files, tmp_path, capsys, m
     data, cfg, space = files
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna -> ImportError
     assert tune_main(["--data", str(data), "--trials", "2", "--out", str(tmp_path / "t")]) == 2
-    assert capsys.readouterr().err == f"error: {TU.INSTALL}\n"
+    assert capsys.readouterr().err == f"error: {S.INSTALL}\n"
 
 
 def test_shipped_space_fits_every_preset():
     from stvit.config import PRESETS, preset
 
     for name in PRESETS:
-        space = TU.read_space(None, preset(name))
+        space = S.read_space(None, preset(name))
         assert {"finetune.lr", "model.dropout", "augment.noise_std"} <= {p.key for p in space.params}
 
 

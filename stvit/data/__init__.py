@@ -13,7 +13,7 @@ inferior-superior. Command line: `python -m stvit.data inspect FILE`, `python -m
 """
 from stvit.data.dataset import VOLUME_SHAPE, DataError, HCPData, grid_affine, zscore_volumes
 from stvit.data.files import FORMATS, describe, format_for, load_dataset, open_dataset, write_dataset
-from stvit.data.split import load_split, save_split, split_train_val, subject_folds
+from stvit.data.split import fingerprint, load_split, save_split, split_train_val, subject_folds
 from stvit.data.synth import GENERATOR_VERSION, builtin_dataset_path, make_synthetic, write_synthetic
 
 __all__ = [
@@ -21,7 +21,7 @@ __all__ = [
     "zscore_volumes",
     "grid_affine", "FORMATS", "format_for",
     "builtin_dataset_path", "write_synthetic", "write_dataset", "make_synthetic",
-    "split_train_val", "subject_folds", "save_split", "load_split", "DeviceSplit",
+    "split_train_val", "subject_folds", "save_split", "load_split", "fingerprint", "DeviceSplit",
 ]
 
 

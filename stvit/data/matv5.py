@@ -22,6 +22,7 @@ import math
 import os
 import struct
 import zlib
+from pathlib import Path
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 

@@ -143,7 +143,8 @@ def place(data, index: dict[str, np.ndarray], device: torch.device, dtype: torch
           memory_share: float = DEFAULT_SHARE, workers: int = DEFAULT_WORKERS,
           prefetch: int = DEFAULT_PREFETCH) -> Placed:
     """The train and validation splits (`index`: positions in the file's training split) and the test split (made
-    on first use) of `data` on `device`, training dtype `dtype`, placed as the module says."""
+    on first use; None in `data` when a run has none, a search's fold) of `data` on `device`, training dtype
+    `dtype`, placed as the module says."""
     device = torch.device(device)
     free, measured = free_memory(device)
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
@@ -153,11 +154,12 @@ def place(data, index: dict[str, np.ndarray], device: torch.device, dtype: torch
     if processes > 1:
         record["processes_sharing_memory"] = processes
     Xtr, Xte = data.X_train, data.X_test
+    n_test = 0 if Xte is None else len(Xte)
     if not isinstance(Xtr, PackedVolumes):
         item = torch.empty((), dtype=dtype).element_size()
         per = int(np.prod(Xtr.shape[1:])) * item
         record.update(placement="dense", test="dense", why="not a packed file: read whole, resident as dense volumes",
-                      bytes=(len(index["train"]) + len(index["val"])) * per, test_bytes=len(Xte) * per,
+                      bytes=(len(index["train"]) + len(index["val"])) * per, test_bytes=n_test * per,
                       stored_dtype=str(Xtr.dtype), resident_dtype=str(dtype).replace("torch.", ""))
         return Placed(DeviceSplit(Xtr, data.y_train, device, dtype, index=index["train"]),
                       DeviceSplit(Xtr, data.y_train, device, dtype, index=index["val"]),
@@ -168,14 +170,14 @@ def place(data, index: dict[str, np.ndarray], device: torch.device, dtype: torch
     resident = resident_dtype(source.dtype, dtype)
     per = source.width * resident.itemsize
     nbytes = (len(index["train"]) + len(index["val"])) * per
-    test_bytes = len(Xte) * per
+    test_bytes = n_test * per
     mode = choose_placement(nbytes, free / max(processes, 1), memory_share, placement)
     test_mode = mode if placement != "auto" or mode == "stream" else \
         choose_placement(nbytes + test_bytes, free / max(processes, 1), memory_share)
     why = {"auto": f"the training and validation rows {'fit' if mode == 'device' else 'exceed'} the budget",
            "device": "asked (data.placement device)", "stream": "asked (data.placement stream)"}[placement]
     record.update(placement=mode, test=test_mode, why=why, bytes=nbytes, test_bytes=test_bytes,
-                  file_bytes=Xtr.packed_nbytes + Xte.packed_nbytes, stored_dtype=str(source.dtype),
+                  stored_dtype=str(source.dtype),
                   resident_dtype=str(resident).replace("torch.", "") if mode == "device" else None,
                   in_brain_voxels=source.width)
     if "stream" in (mode, test_mode):

@@ -119,3 +119,13 @@ def load_split(path) -> tuple[np.ndarray, np.ndarray]:
         path = path / SPLIT_FILE
     record = json.loads(path.read_text())
     return np.asarray(record["train"], dtype=np.int64), np.asarray(record["val"], dtype=np.int64)
+
+
+def fingerprint(y: np.ndarray, ids: np.ndarray | None) -> str:
+    """A digest of labels and subject ids: a resumed cross-validation or search checks it is on the same volumes."""
+    import hashlib
+
+    h = hashlib.sha256(np.asarray(y, np.int64).tobytes())
+    if ids is not None:
+        h.update("\n".join(np.asarray(ids).astype(str).tolist()).encode())
+    return h.hexdigest()[:16]

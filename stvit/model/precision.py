@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 import torch
 
+from stvit.config import PRECISIONS
 from stvit.model.attention import preferred_backends, sdpa_context
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-CHOICES = ("auto", *DTYPES)
+CHOICES = PRECISIONS  # "auto" and the keys of DTYPES
 
 
 def _capability(device: torch.device, capability: tuple[int, int] | None) -> tuple[int, int]:

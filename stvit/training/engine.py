@@ -20,14 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from stvit.errors import NonFiniteLoss
 from stvit.training import distributed as DIST
 from stvit.config import OptimConfig
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

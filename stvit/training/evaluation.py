@@ -18,7 +18,6 @@ from stvit.data import HCPData
 from stvit.data.placement import DEFAULT_SHARE, features_fit
 from stvit.errors import UserError
 from stvit.training.fit import LEAK_WARNING, Splits, predict_split
-from stvit.model.vit import SpatioTemporalClassifier
 from stvit.model.precision import Precision
 from stvit.training.rundir import RunDir
 from stvit.training.stages import choose_ops
@@ -30,10 +29,9 @@ def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, pre
     them (rank 0)."""
     if not run.has("best.pt"):
         raise UserError("no checkpoints/best.pt to evaluate (run the finetune stage first)", run.path)
-    best = run.load("best.pt")
     ops = choose_ops(cfg, device, precision)
-    clf = SpatioTemporalClassifier(cfg.model).to(device).use_ops(ops.ops)
-    clf.load_state_dict(best["model"])
+    trained = run.model("best.pt", device=device, ops=ops.ops)
+    clf, best = trained.model, trained.state
     fn = steps.build(steps.classifier_logits, clf, precision, compile=False, name="evaluation")
     names = list(cfg.data.class_names)
     v_probs, v_y, _, _ = predict_split(fn, clf, splits.val, cfg)
@@ -74,3 +72,18 @@ def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, pre
 
     run.write_figure(draw)
     return metrics
+
+
+def result_line(m: dict) -> str:
+    """The model's test metrics beside the baseline's, on one line (what a run ends with)."""
+    def scores(t):
+        auc = "n/a" if t["roc_auc"] is None else f"{t['roc_auc']:.3f}"
+        lost = f", {t['n_nonfinite']} without a finite prediction" if t.get("n_nonfinite") else ""
+        return f"accuracy {t['accuracy']:.3f}, ROC-AUC {auc}{lost}"
+
+    line = (f"test: {scores(m['test'])} on {m['test']['n']} volumes (best epoch {m['best_epoch']} by "
+            f"{m['selected_on']} accuracy; val accuracy {m['val']['accuracy']:.3f})")
+    b = m.get("baseline")
+    if b is not None:
+        line += f" | baseline (logistic regression, C {b['C']:g}): {scores(b)}"
+    return line

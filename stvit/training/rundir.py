@@ -17,24 +17,16 @@ import json
 import os
 import sys
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from stvit.training import checkpoint as ckpt
 from stvit.training import distributed as DIST
-from stvit.errors import UserError
+from stvit.errors import UserError, WriteError
 
-STAGE_ORDER = {"pretrain": 0, "finetune": 1}
-
-
-class WriteError(Exception):
-    """A file of the run directory could not be written (a full disk, a quota, a read-only file system). The
-    atomic writes leave the previous version of the file intact, so the run can continue with --resume."""
-
-    def __init__(self, path: Path, err: OSError):
-        self.path, self.reason = Path(path), err.strerror or str(err)
-        super().__init__(f"{self.path}: cannot write ({self.reason})")
 
 
 @contextlib.contextmanager
@@ -144,13 +136,12 @@ class RunDir:
 
     def load(self, name: str) -> dict[str, Any]:
         """A checkpoint of this run; a missing, truncated or foreign file is a UserError naming it."""
-        path = self.checkpoint(name)
-        if not path.is_file():
-            raise UserError("no such checkpoint", path)
-        try:
-            return ckpt.load(path)
-        except Exception as e:  # noqa: BLE001 - a truncated or foreign file
-            raise UserError(f"cannot read checkpoint ({type(e).__name__}: {e})", path) from None
+        return read_checkpoint(self.checkpoint(name))
+
+    def model(self, name: str = "best.pt", *, device: torch.device | str = "cpu", ops=None) -> "TrainedModel":
+        """The model of checkpoints/<name> (the classifier of best.pt or last.pt, the MAE of pretrain.pt), checked
+        and on `device` (`load_model`)."""
+        return load_model(self.checkpoint(name), device=device, ops=ops)
 
     # ---- the epoch log -------------------------------------------------------------------------------------------
     @property
@@ -186,7 +177,9 @@ class RunDir:
         checkpoint was saved)."""
         if not self.main:
             return
-        keep = [r for r in self.records() if (STAGE_ORDER[r["stage"]], r["epoch"]) <= (STAGE_ORDER[stage], epoch)]
+        from stvit.training.stages import order
+
+        keep = [r for r in self.records() if (order(r["stage"]), r["epoch"]) <= (order(stage), epoch)]
         text = "".join(json.dumps(r) + "\n" for r in keep)
         with writing(self.log_path):
             ckpt.atomic_write_bytes(self.log_path, lambda f: f.write(text.encode()))
@@ -214,6 +207,85 @@ class RunDir:
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
+
+
+def read_checkpoint(path: Path | str) -> dict[str, Any]:
+    """A checkpoint's contents (tensors and plain values only: `torch.load(weights_only=True)`); a missing, truncated
+    or foreign file, or one that holds other Python objects, is a one-line UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("no such checkpoint", path)
+    try:
+        state = ckpt.load(path)
+    except Exception as e:  # noqa: BLE001 - a truncated, foreign or unsafe file
+        text = str(e)
+        if "WeightsUnpickler error:" in text:  # torch's safe loader refused it; its advice to turn that off is not ours
+            detail = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+            if "Unsupported global" in detail:
+                raise UserError("not a checkpoint stvit reads: it holds Python objects other than tensors and plain "
+                                f"values ({detail.split('.')[0]}), and loading those would run code from the file",
+                                path) from None
+            raise UserError(f"cannot read checkpoint (damaged or not a checkpoint: {detail.split('.')[0]})",
+                            path) from None
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        raise UserError(f"cannot read checkpoint ({type(e).__name__}{': ' + first if first else ''})", path) from None
+    if not isinstance(state, dict):
+        raise UserError(f"not an stvit checkpoint (it holds a {type(state).__name__}, not a dict)", path)
+    return state
+
+
+@dataclass
+class TrainedModel:
+    """A model read from a checkpoint: the module (on its device, in eval mode), the run's config, the checkpoint's
+    other contents (`stage`, `epoch`, ...) and where it came from."""
+
+    model: torch.nn.Module
+    cfg: Any  # stvit.config.Config
+    state: dict[str, Any]
+    path: Path
+
+    @property
+    def stage(self) -> str:
+        return self.state["stage"]
+
+
+def load_model(path: Path | str, *, device: torch.device | str = "cpu", ops=None,
+               stage: str | None = None) -> TrainedModel:
+    """The one loader of a trained model: the checkpoint read safely, its config checked, the model of its stage
+    built (the classifier for `finetune`, the MAE for `pretrain`) with the plain-torch reference ops (or `ops`, a
+    `kernels.select` choice), its weights loaded strictly. `stage`: the stage the caller needs ("finetune" for
+    anything that classifies); another one is a UserError saying which checkpoint to use. Every problem is one
+    line naming the file."""
+    import dataclasses
+
+    from stvit.config import Config
+    from stvit.training.stages import STAGES
+
+    path = Path(path)
+    state = read_checkpoint(path)
+    if "model" not in state or "config" not in state or state.get("stage") not in STAGES:
+        raise UserError("not an stvit checkpoint (needs 'model', 'config' and the stage that wrote it)", path)
+    if stage is not None and state["stage"] != stage:
+        want = "a fine-tuned classifier (checkpoints/best.pt)" if stage == "finetune" else f"a {stage} checkpoint"
+        raise UserError(f"holds the {state['stage']} stage's model; this needs {want}", path)
+    try:
+        cfg = Config.from_dict(state["config"])
+    except (ValueError, TypeError) as e:
+        raise UserError(f"bad config in the checkpoint ({e})", path) from None
+    built = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, kernels="eager"))
+    try:
+        model = STAGES[state["stage"]].build_model(built.model)
+    except (RuntimeError, ValueError, MemoryError) as e:  # a config that names a model too large to build
+        raise UserError(f"cannot build the model of its config ({type(e).__name__}: {e})", path) from None
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"the weights do not fit a model of its config ({first})", path) from None
+    model = model.to(device).eval()
+    if ops is not None:
+        model.use_ops(ops)
+    return TrainedModel(model, cfg, state, path)
 
 
 def read_log(path: Path) -> list[dict]:

@@ -23,7 +23,7 @@ import kernels.select
 
 from stvit.training import distributed as DIST
 from stvit.training import steps
-from stvit.config import Config, ModelConfig, OptimConfig
+from stvit.config import Config, ModelConfig, OptimConfig, stage_sections
 from stvit.data.augment import Augment
 from stvit.training.engine import make_optimizer, param_groups
 from stvit.errors import UserError
@@ -35,18 +35,37 @@ from stvit.rng import stage_seed
 
 @dataclass(frozen=True)
 class Stage:
-    name: str  # "pretrain" or "finetune": the config section, the log's `stage`, the checkpoints' `stage`
+    """One training stage, the one table of what it is (every other place asks this record)."""
+
+    name: str  # the config section (`cfg.optim(name)`), the log's `stage`, the checkpoints' `stage`
+    order: int  # its place in a run: stages run, log and resume in this order
+    seed_offset: int  # its per-epoch streams' seed: train.seed * 1000 + seed_offset (`rng.stage_seed`)
+    checkpoint: str | None  # written when the stage ends (the pre-trained MAE), None: nothing
     build_model: Callable[[ModelConfig], nn.Module]
     loss: Callable  # steps.mae_loss or steps.classifier_loss: (model, precision, x, noise | y) -> loss [, logits]
-    masks: bool  # each step draws MAE masking noise (`stvit.masking`)
+    masks: bool  # each step draws MAE masking noise (`stvit.model.masking`)
     evaluates: bool  # after each epoch: validation accuracy, best.pt by it
-    checkpoint: str | None  # written when the stage ends (the pre-trained MAE), None: nothing
+
+    def seed(self, run_seed: int) -> int:
+        """The seed of this stage's per-epoch streams (order, flips, augmentations, masks)."""
+        return stage_seed(run_seed, self.seed_offset)
+
+    @property
+    def length_key(self) -> str:
+        """The config key of its length (a resumed run may lengthen it, never shorten it)."""
+        return f"{self.name}.epochs"
 
 
-PRETRAIN = Stage("pretrain", MAE, steps.mae_loss, masks=True, evaluates=False, checkpoint="pretrain.pt")
-FINETUNE = Stage("finetune", SpatioTemporalClassifier, steps.classifier_loss, masks=False, evaluates=True,
-                 checkpoint=None)
-STAGES = {s.name: s for s in (PRETRAIN, FINETUNE)}
+PRETRAIN = Stage("pretrain", 0, 1, "pretrain.pt", MAE, steps.mae_loss, masks=True, evaluates=False)
+FINETUNE = Stage("finetune", 1, 2, None, SpatioTemporalClassifier, steps.classifier_loss, masks=False,
+                 evaluates=True)
+STAGES = {s.name: s for s in (PRETRAIN, FINETUNE)}  # in order
+assert tuple(STAGES) == stage_sections(), "every stage has its config section, in the same order"
+
+
+def order(name: str) -> int:
+    """A stage's place in a run (for sorting log records and checkpoints)."""
+    return STAGES[name].order
 
 
 def choose_ops(cfg: Config, device: torch.device, precision: Precision) -> kernels.select.Selection:
@@ -136,7 +155,7 @@ def setup_stage(stage: Stage | str, cfg: Config, device: torch.device, *, precis
         scaler.load_state_dict(resume["scaler"])
     train_fn = steps.build(stage.loss, model, precision, compile=compile, name=f"{stage.name} train step")
     parallel = DIST.data_parallel(train_fn, model)  # train_fn itself in one process
-    seed = stage_seed(cfg.train.seed, stage.name)
+    seed = stage.seed(cfg.train.seed)
     noise = mask_noise(cfg, seed, device, model, precision, DIST.rank(), DIST.world_size()) if stage.masks else None
     augment = None  # flips happen as batches are gathered; the other augmentations here, outside the graph
     if set(cfg.augment.ops) - {"flip"}:
