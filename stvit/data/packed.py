@@ -447,12 +447,24 @@ class RowReader:
             out[:] = self._h5[rows]
             return out
         runs = self._runs(self.offsets[rows])
-        if hasattr(os, "posix_fadvise") and len(runs) > 1:
-            for a, b, at in runs:
-                os.posix_fadvise(self._fd, at, (b - a) * self.row_bytes, os.POSIX_FADV_WILLNEED)
+        if len(runs) > 1:
+            self._advise(runs)
         for a, b, at in runs:
             _pread_full(self._fd, memoryview(out[a:b].reshape(-1).view(np.uint8)), at, self.path)
         return out
+
+    def hint(self, rows: np.ndarray) -> None:
+        """Tell the kernel these rows will be read soon (`posix_fadvise(WILLNEED)`: it starts reading them in the
+        background); what a streaming loader does for the batches its workers will read next."""
+        if self.offsets is None or len(rows) == 0:
+            return
+        self._open()
+        self._advise(self._runs(np.sort(self.offsets[np.asarray(rows, np.int64)])))
+
+    def _advise(self, runs: list[tuple[int, int, int]]) -> None:
+        if hasattr(os, "posix_fadvise"):
+            for a, b, at in runs:
+                os.posix_fadvise(self._fd, at, (b - a) * self.row_bytes, os.POSIX_FADV_WILLNEED)
 
     def _runs(self, offsets: np.ndarray) -> list[tuple[int, int, int]]:
         """(first, end, file offset) of each run of requested rows that lie back to back in the file."""

@@ -34,13 +34,19 @@ class _Rows(Dataset):
 
 
 class _Requests(Sampler):
-    """The requests of the epoch being read, in order (set before each pass)."""
+    """The requests of the epoch being read, in order (set before each pass). The DataLoader draws a request when it
+    hands it to a worker, `workers x prefetch` requests ahead of the batch being trained on: the rows of each are
+    announced to the kernel then (`RowReader.hint`), so that the disk reads the next batches while the workers wait
+    on the current ones."""
 
-    def __init__(self):
+    def __init__(self, reader):
+        self.reader = reader
         self.requests: list[np.ndarray] = []
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        return iter(self.requests)
+        for rows in self.requests:
+            self.reader.hint(rows)
+            yield rows
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -50,7 +56,7 @@ class _Loader:
     """A persistent DataLoader over one file's rows and the requests it is reading; one pass at a time."""
 
     def __init__(self, reader, workers: int, prefetch: int, pin: bool, persistent: bool = True):
-        self.requests = _Requests()
+        self.requests = _Requests(reader)
         self.busy = False
         more = dict(prefetch_factor=prefetch, persistent_workers=persistent) if workers else {}
         # its own generator: a DataLoader draws its workers' base seed from the global RNG otherwise, which would
