@@ -128,10 +128,13 @@ class PackedWriter:
             rows = flat[:, self.index]
         else:
             rows = volumes
+        beyond = ValueError(f"voxels beyond float16's range (+-{FLOAT16_MAX:g}) or not finite: store float32")
+        if self.dtype == np.float16 and rows.dtype != np.float16 and not (np.abs(rows) <= FLOAT16_MAX).all():
+            raise beyond  # NaN fails too
         stored = rows.astype(self.dtype, copy=False)
         top, bad = _value_stats(stored)
-        if self.dtype == np.float16 and (bad or (rows.dtype != np.float16 and not (np.abs(rows) <= FLOAT16_MAX).all())):
-            raise ValueError(f"voxels beyond float16's range (+-{FLOAT16_MAX:g}) or not finite: store float32")
+        if self.dtype == np.float16 and bad:  # float16 rows given as they are
+            raise beyond
         self.max_abs, self.nonfinite = max(self.max_abs, top), self.nonfinite + bad
         self.voxels.resize(self.n + B, axis=0)
         self.voxels[self.n:self.n + B] = stored
