@@ -115,7 +115,7 @@ run_section epochs      170  140 "$LOG" "$PY" bench/gpu_check.py epochs "$OUT" $
 if [ "$DRY" = "1" ]; then
   run_section bench     200   80 "$LOG" "$PY" -m pytest -q -p no:cacheprovider bench/test_train_step.py --benchmark \
       -k baseline --bench-summary "$OUT/bench.json"
-  run_section tests     100   40 "$OUT/tests.log" "$PY" -m pytest -q -p no:cacheprovider tests/test_flops.py
+  run_section tests     100   40 "$OUT/tests.log" "$PY" -m pytest -q -p no:cacheprovider tests/unit/test_flops.py
   printf '%s' '{"model": {"dim": 32, "depth": 1, "heads": 2, "temporal_depth": 1, "temporal_heads": 2,
     "decoder_dim": 32, "decoder_depth": 1}, "train": {"batch_size": 1}}' > "$WORK/tiny.json"
   run_section profile    60   10 "$LOG" "$PY" -m stvit.profile --device cpu --config "$WORK/tiny.json" --no-compile \
@@ -127,9 +127,10 @@ else
   # only the CUDA cases (-k cuda): the CPU ones run in CI; the CUDA parity matrix compiles many graphs, so a
   # timeout here still leaves the finished tests in tests.log
   run_section tests     100   40 "$OUT/tests.log" "$PY" -m pytest -q -p no:cacheprovider -rfEs -k cuda \
-      tests/test_patch_embed.py tests/test_mae_gather.py tests/test_mae_scatter.py tests/test_norm_pix_mse.py \
-      tests/test_kernel_select.py tests/test_parity.py tests/test_fused_model.py tests/test_sdpa.py \
-      tests/test_precision.py tests/test_compile.py
+      tests/unit/test_patch_embed.py tests/unit/test_mae_gather.py tests/unit/test_mae_scatter.py \
+      tests/unit/test_norm_pix_mse.py tests/unit/test_kernel_select.py tests/e2e/test_parity.py \
+      tests/unit/test_fused_model.py tests/e2e/test_fused_model.py tests/unit/test_sdpa.py \
+      tests/unit/test_precision.py tests/e2e/test_compile.py
   run_section profile    60   10 "$LOG" "$PY" -m stvit.profile --preset paper --stage pretrain --variant fused+compile \
       --steps 40 --warmup 3 --profile-steps 3 --out "$WORK/profile"
 fi

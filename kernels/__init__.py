@@ -1,5 +1,5 @@
 """Fused ops for stvit: one name per op, the same in `kernels/<op>.py`, `kernels/reference.py`,
-`tests/test_<op>.py` and `bench/test_<op>.py`.
+`tests/unit/test_<op>.py` and `bench/test_<op>.py`.
 
 This package is a leaf: it knows nothing about the model. Each public op decides per call (`_dispatch.py`):
 CUDA tensors run the Triton kernels, registered as `torch.ops.stvit.<op>` (and `<op>_backward`) with

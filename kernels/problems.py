@@ -2,9 +2,9 @@
 each precision the engine uses, with and without the position embedding, with and without dx (patch_embed's
 dx kernel runs only when x requires grad).
 
-This is data the GPU-target checks read (`kernels.targets`, tests/test_kernel_targets.py, bench/kernel_report.py);
-it is written out here because `kernels` never imports `stvit`, and tests/test_kernel_targets.py holds it equal
-to `stvit.config.preset(name).model` and the training batch. The dtypes are what the model hands each op under
+This is data the GPU-target checks read (`kernels.targets`, tests/e2e/test_kernel_targets.py, bench/kernel_report.py);
+it is written out here because `kernels` never imports `stvit`, and tests/unit/test_kernel_targets.py holds it
+equal to `stvit.config.preset(name).model` and the training batch. The dtypes are what the model hands each op under
 autocast at that precision: data and activations in the precision's dtype, parameters in fp32 except the patch
 weight and bias (`F.linear`'s autocast policy casts them), the MAE loss on `pred.float()` with an fp32 mask.
 Tensors are `device="meta"`: a plan reads only shapes, strides and dtypes.

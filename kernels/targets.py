@@ -12,7 +12,7 @@ The specialization goes through Triton's own (private) JIT binder, `create_funct
 `JITFunction._pack_args`, as in triton 3.6 to 3.9: a Triton that changes them shows up here as a compile error,
 not as a silent drift. Compiling needs compiled `@triton.jit` functions: in a process where TRITON_INTERPRET=1 was set before triton
 was imported (the CPU test suite), run it in a fresh process without it: `python -m kernels.targets --json F`
-(what tests/test_kernel_targets.py and bench/kernel_report.py do).
+(what tests/e2e/test_kernel_targets.py and bench/kernel_report.py do).
 """
 from __future__ import annotations
 

@@ -4,27 +4,9 @@ of the training code (`stvit.training.crossval`).
     python -m stvit.cv --data FILE [--folds 5] [--within-train] [--out DIR] [stvit.train flags]
     python -m stvit.cv --resume DIR      # an interrupted cross-validation continues with its unfinished folds
 
-Folds: the volumes (the file's train and test splits pooled; its train split alone with `--within-train`) are cut
-into K folds by scikit-learn's `StratifiedGroupKFold` (grouped by subject id, so no subject is in two folds;
-stratified by label; shuffled by `--seed`: the same seed and data give the same folds). Fold k is a whole
-`stvit.train` run on an in-memory data set (training: the other folds; test: fold k), through the same plan and
-stages as the command: its own validation split carved from its training subjects, pre-training, fine-tuning,
-and the final evaluation with the linear baseline, in DIR/fold-k/.
-
-DIR:
-    config.json      the resolved config of every fold (each fold's own config.json adds its stage lengths)
-    folds.json       the fold of every volume; a resumed cross-validation uses these folds
-    fold-1/ ...      the run directory of each fold
-    cv.json, cv.md   per-fold and summary metrics; cv_accuracy.png: per-fold test accuracy, model vs baseline
-
-Summary, for the model, the baseline and their paired per-fold difference (model - baseline): the mean of the K
-fold scores (test accuracy, ROC-AUC), their standard deviation (ddof 1) and a 95% confidence interval from the
-t-distribution with K - 1 degrees of freedom, mean +- t(0.975, K-1) sd / sqrt(K). The folds share training data,
-so their scores are not independent and this interval is narrower than the truth (Bengio & Grandvalet, 2004):
-read it as the spread of the estimate over folds, not as a guarantee.
-
-Resume: a fold with metrics.json is done; a fold with checkpoints/last.pt continues as `stvit.train --resume`
-does (bit-identical on CPU); a fold with neither (stopped before its first checkpoint) starts over.
+Each fold is a whole run of the run API on an in-memory data set (training: the other folds, with its own
+validation split; test: fold k) in DIR/fold-k/; cv.json, cv.md and cv_accuracy.png summarize them. The folds, the
+summary and resuming: see `stvit.training.crossval` and docs/evaluation.md.
 """
 from __future__ import annotations
 

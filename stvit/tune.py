@@ -4,42 +4,10 @@
     python -m stvit.tune --data FILE --trials N [--folds K] [--space SPACE.json] [--study NAME] [--storage URL]
                          [--out DIR] [--preset P] [--config JSON] [stvit.train flags: the base recipe]
 
-Each trial samples values from the search space (TPE) over the base config (preset, --config, flags) and trains
-that config on K folds carved from the file's TRAINING split (`data.subject_folds`: whole subjects per fold,
-stratified by label): fold k trains on the other folds and validates on fold k, through the trainer's own stages
-(the run API with each fold's fixed split). The trial's value is the mean over folds of the best epoch's validation accuracy (the epoch
-a run keeps as best.pt). After each fine-tune epoch the validation accuracy goes to a median pruner, which stops a
-trial below the median of earlier trials at the same fold and epoch. The test split is never read during the
-search: the folds' splits have none to give.
-
-Then: best_config.json (the base config with the best trial's values: `python -m stvit.train --config` takes it),
-Optuna's figures (optimization history, intermediate values, parameter importances once 2 trials completed), and
-one run of the best config in final-trial-N/: pre-training, fine-tuning and the one evaluation of the test split
-(with the same-split baseline where the trainer reports one). summary.json and summary.md hold the numbers.
-
-The search space is a JSON file (default: stvit/training/tune_space.json) of config keys:
-    {"params": {"finetune.lr": {"low": 0.3, "high": 3.0, "log": true, "times": "finetune.lr"},
-                "model.dropout": {"low": 0.0, "high": 0.3},
-                "model.dim": {"choices": [32, 64]},
-                "augment.ops": {"choices": [["flip"], ["flip", "elastic", "scale", "noise"]]},
-                "pretrain.epochs": {"value": 2}},
-     "sampler": {"n_startup_trials": 5}, "pruner": {"n_startup_trials": 3, "n_warmup_steps": 1}}
-A range ("low", "high"; "log", "step" optional) is searched as floats, or as whole numbers for a whole-number key;
-"times" multiplies the range by the base config's value of that key, so one space fits every preset; "choices"
-is a categorical choice, "value" a fixed value. "sampler" and "pruner" go to TPESampler and MedianPruner.
-
-DIR (default runs/tune-<preset>):
-    study.db            the study (SQLite), unless --storage names another database
-    space.json          the search space, as read
-    trials/N/fold-K/    each fold's run directory (config.json, log.jsonl; its checkpoints dropped when it ends)
-    best_config.json, figures/*.png, final-trial-N/, summary.json, summary.md
-
-Resume: run the same command again. Completed and pruned trials are kept; a trial that a kill interrupted is
-found by its heartbeat (silent for GRACE_S seconds) and run again with its values, reusing the folds it finished;
-trials go on until the study holds N; an interrupted final run continues (`stvit.train --resume`).
-Several processes or machines share one study through a database server: the same `--study` and
-`--storage postgresql://user@host/db` (any URL Optuna's RDBStorage takes) and each its own `--sampler-seed`;
-each runs trials until the study holds N, and writes the results (`--no-final`: leave them to one of them).
+Each trial trains its config on K subject-grouped folds of the file's training split; its value is the mean best
+validation accuracy; a median pruner stops weak trials; the test split is read once, by the final run of the best
+config. The search space, the output folder, resuming and sharing a study between processes: see
+`stvit.training.search` and docs/evaluation.md.
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
+"""What both tiers share: Triton's interpreter on a CPU, the `e2e` marker by location, the seed, the tiny data set
+and run config, and the checks of the fused ops. What only tests/e2e uses is in tests/e2e/conftest.py."""
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,13 +13,25 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+E2E = Path(__file__).parent / "e2e"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items):
+    """Every test under tests/e2e is marked `e2e` by where it lives, so that a new one cannot forget the marker:
+    `pytest -m "not e2e"` runs the unit tier, `pytest -m e2e` the end-to-end runs and slow compiles."""
+    for item in items:
+        if item.path.is_relative_to(E2E):
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     """Each test draws fresh but reproducible inputs."""
     torch.manual_seed(0)
 
 
-# --- a tiny training run ---------------------------------------------------------------------------------------
+# --- a tiny training run: its files here, the finished run in tests/e2e/conftest.py --------------------------------
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
@@ -29,18 +44,6 @@ def tiny(tmp_path_factory):
     cfg = d / "tiny.json"
     cfg.write_text(json.dumps(TINY_RUN))
     return write_tiny_data(d / "tiny.npz"), cfg
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tiny, tmp_path_factory):
-    """A finished tiny run (pre-training, fine-tuning, the test evaluation) for tests to read; a test that changes
-    a run works on a copy."""
-    from helpers import run_main
-
-    data, cfg = tiny
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    assert run_main(["--data", str(data), "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
-    return out
 
 
 # --- fused-op tests ------------------------------------------------------------------------------------------
@@ -156,14 +159,3 @@ def inductor_code():
         return result, "\n".join(code)
 
     return run
-
-
-# --- C++ inference ---------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def deployed(tmp_path_factory):
-    """The tiny exported model (model.pt2, golden input, sidecar) and the built `stvit_infer`, made once per session
-    for tests/test_export.py and tests/test_cpp_inputs.py (the export and the build are the slow part)."""
-    from test_export import deploy
-
-    return deploy(tmp_path_factory)

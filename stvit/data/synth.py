@@ -8,7 +8,7 @@ voxels) and z-scored over the brain. The two condition patterns are Gaussian blo
 intraparietal cortex; both classes: early visual cortex), displaced per subject. The per-volume amplitude a_v
 varies (some volumes carry almost no signal). Subjects hold 16 volumes (8 per class); train and test subjects
 are disjoint. `SIGNAL` is calibrated so that a linear classifier on the raw voxels is clearly above chance but
-far from perfect (tests/test_data_synth.py pins the band).
+far from perfect (tests/e2e/test_data_synth.py pins the band).
 
 Speed: the smooth noise comes from a bank of periodic smooth fields (drawn from the seed) read at random
 offsets, and every volume is computed on the in-brain voxels only, by gathers. Everything is a function of

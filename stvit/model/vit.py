@@ -243,11 +243,15 @@ class SpatioTemporalClassifier(nn.Module):
         self.spatial.ops = ops
         return self
 
-    def forward(self, x: Tensor) -> Tensor:
+    def embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Volumes (B, T, H, W) -> (slice embeddings (B, T, D): the spatial encoder's CLS of each slice, volume
+        embeddings (B, D): the temporal encoder's output mean-pooled over the slices, what the head reads)."""
         B, T, H, W = x.shape
-        z = self.spatial(x.reshape(B * T, H, W))  # (S, D)
-        z = self.temporal(z.view(B, T, -1))  # (B, T, D)
-        return self.head(z.mean(dim=1))  # (B, num_classes)
+        slices = self.spatial(x.reshape(B * T, H, W)).view(B, T, -1)  # (B, T, D)
+        return slices, self.temporal(slices).mean(dim=1)  # (B, D)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.embed(x)[1])  # (B, num_classes)
 
 
 class MAE(nn.Module):

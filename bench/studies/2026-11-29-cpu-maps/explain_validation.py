@@ -9,7 +9,7 @@ otherwise), then `python -m stvit.explain` on its test split (DIR/seed<S>/maps),
 with the planted patterns (`stvit.explain.planted_agreement`). For the first seed, the controls: the same recipe
 trained on the same volumes with the training labels shuffled, and a re-initialized model, explained on the same
 volumes; the rank correlations of their maps with the trained model's. Everything goes to DIR/validation.json.
-`tests/explain_validation.json` is the recipe of the test's validation model (its thresholds come from here).
+`tests/e2e/explain_validation.json` is the recipe of the test's validation model (its thresholds come from here).
 """
 from __future__ import annotations
 
