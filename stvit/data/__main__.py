@@ -119,6 +119,9 @@ def summary(data: HCPData) -> list[str]:
     lines = []
     for split in SPLITS:
         X, y, ids = data.split(split)
+        if X is None:
+            lines.append(f"{split + ':':<6} none")
+            continue
         labels = ", ".join(f"{c}: {n}" for c, n in zip(*np.unique(y, return_counts=True)))
         subjects = "no subject ids"
         if ids is not None:
@@ -132,6 +135,8 @@ def summary(data: HCPData) -> list[str]:
                      + (" (test accuracy will be optimistic)" if len(both) else ""))
     lo, hi, nonzero = np.inf, -np.inf, np.zeros(data.X_train.shape[1:], bool)
     for X in (data.X_train, data.X_test):
+        if X is None:
+            continue
         for s in range(0, len(X), 64):
             chunk = np.asarray(X[s:s + 64])  # a packed file's volumes are read here
             lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))

@@ -9,7 +9,8 @@
   `torch.cuda.mem_get_info`; CPU: the host's `MemAvailable` in /proc/meminfo, shared by the processes of the
   node under torchrun), else streamed from the file (`StreamSplit`, placement "stream"). `placement` "device" or
   "stream" forces the choice. The test split, read once at the end, is resident when it fits what the budget
-  leaves, else streamed.
+  leaves, else streamed. Data without a test split (a search's fold, an estimator's fit) is placed all the same:
+  the record's `test` is "none" and asking for the test split raises ValueError.
 
 The default share, 0.6, leaves the rest of the device to the model, its activations and the allocator's slack:
 80 GB of free GPU memory gives a 48 GB budget. The choice changes where the rows are read from, never the
@@ -99,7 +100,8 @@ def features_fit(data, index: dict[str, np.ndarray], share: float = DEFAULT_SHAR
     X = data.X_train
     if not isinstance(X, PackedVolumes):
         return True, 0, 0
-    need = (len(index["train"]) + len(index["val"]) + len(data.X_test)) * X.source.width * 4
+    n_test = 0 if data.X_test is None else len(data.X_test)
+    need = (len(index["train"]) + len(index["val"]) + n_test) * X.source.width * 4
     budget = int(share * free_memory(torch.device("cpu"))[0])
     return need <= budget, need, budget
 
@@ -155,15 +157,20 @@ def place(data, index: dict[str, np.ndarray], device: torch.device, dtype: torch
         record["processes_sharing_memory"] = processes
     Xtr, Xte = data.X_train, data.X_test
     n_test = 0 if Xte is None else len(Xte)
+    if Xte is None:
+        def no_test():
+            raise ValueError(f"{data.source}: this data set has no test split (a search's fold, an estimator's fit)")
     if not isinstance(Xtr, PackedVolumes):
         item = torch.empty((), dtype=dtype).element_size()
         per = int(np.prod(Xtr.shape[1:])) * item
         record.update(placement="dense", test="dense", why="not a packed file: read whole, resident as dense volumes",
                       bytes=(len(index["train"]) + len(index["val"])) * per, test_bytes=n_test * per,
                       stored_dtype=str(Xtr.dtype), resident_dtype=str(dtype).replace("torch.", ""))
+        if Xte is None:
+            record["test"] = "none"
         return Placed(DeviceSplit(Xtr, data.y_train, device, dtype, index=index["train"]),
                       DeviceSplit(Xtr, data.y_train, device, dtype, index=index["val"]),
-                      lambda: DeviceSplit(Xte, data.y_test, device, dtype), record)
+                      no_test if Xte is None else lambda: DeviceSplit(Xte, data.y_test, device, dtype), record)
     from stvit.data.stream import StreamSplit
 
     source = Xtr.source
@@ -174,6 +181,8 @@ def place(data, index: dict[str, np.ndarray], device: torch.device, dtype: torch
     mode = choose_placement(nbytes, free / max(processes, 1), memory_share, placement)
     test_mode = mode if placement != "auto" or mode == "stream" else \
         choose_placement(nbytes + test_bytes, free / max(processes, 1), memory_share)
+    if Xte is None:
+        test_mode = "none"
     why = {"auto": f"the training and validation rows {'fit' if mode == 'device' else 'exceed'} the budget",
            "device": "asked (data.placement device)", "stream": "asked (data.placement stream)"}[placement]
     record.update(placement=mode, test=test_mode, why=why, bytes=nbytes, test_bytes=test_bytes,
@@ -189,4 +198,4 @@ def place(data, index: dict[str, np.ndarray], device: torch.device, dtype: torch
         return StreamSplit(volumes, y, device, dtype, index=rows, workers=workers, prefetch=prefetch)
 
     return Placed(make(mode, Xtr, data.y_train, index["train"]), make(mode, Xtr, data.y_train, index["val"]),
-                  lambda: make(test_mode, Xte, data.y_test, None), record)
+                  no_test if Xte is None else lambda: make(test_mode, Xte, data.y_test, None), record)

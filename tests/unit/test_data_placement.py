@@ -187,3 +187,30 @@ def test_free_host_memory_is_capped_by_the_cgroup(monkeypatch):
     assert P.free_memory(CPU) == (123 << 20, "memory cgroup limit minus its anonymous memory")
     monkeypatch.setattr(P, "cgroup_room", lambda: None)
     assert P.free_memory(CPU)[1] == "MemAvailable (/proc/meminfo)"
+
+
+@pytest.mark.parametrize("placement", ["auto", "device", "stream"])
+def test_data_without_a_test_split_is_placed_and_says_so(packed32, placement):
+    """A search's fold or an estimator's fit has no test split: train and validation are placed as usual, the
+    record says `test: none`, and asking for the test split is an error that names it."""
+    import dataclasses
+
+    from stvit.data.__main__ import summary
+
+    dense, lazy = packed32
+    index = {"train": np.arange(30), "val": np.arange(30, 43)}
+    for data in (lazy, dense):
+        if data is dense and placement != "auto":
+            continue
+        no_test = dataclasses.replace(data, X_test=None, y_test=None, ids_test=None)
+        p = P.place(no_test, index, CPU, torch.float32, placement=placement)
+        with_test = P.place(data, index, CPU, torch.float32, placement=placement)
+        assert p.record["test"] == "none" and p.record["test_bytes"] == 0
+        assert p.record["placement"] == with_test.record["placement"] and p.record["bytes"] == with_test.record["bytes"]
+        assert_same(batches_of(p.train, batch_size=8, epoch=1, seed=3, shuffle=True), batches_of(with_test.train, batch_size=8, shuffle=True,
+                                                                                  epoch=1, seed=3))
+        with pytest.raises(ValueError, match="no test split"):
+            p.make_test()
+        assert P.features_fit(no_test, index)[0]
+        lines = summary(no_test)
+        assert lines[1].split() == ["test:", "none"] and "in-brain voxels" in lines[-1]
