@@ -15,8 +15,8 @@ peak memory of the three placements (dense as today, packed rows resident, packe
    process of its own (peak memory of its own), the placements taking turns `--repeats` times; the peak summed
    proportional set size (PSS) of the process and its workers, and the peak CUDA memory on a GPU. The unpack's
    share of a step: the median time to unpack one batch over the step's median time.
-5. With --precision-runs: `python -m stvit.train` (preset demo, seed 0) on the demo's 1,920 + 320 volumes as packed
-   float32 and packed float16, side by side.
+5. With --precision-runs: `python -m stvit.train` (preset demo, seed 0) on the demo's 1,920 + 320 volumes (or
+   --precision-volumes, --precision-epochs) as packed float32 and packed float16, side by side.
 
 Writes README.md (the tables, with the device, the command and the load average) and results.json to --out.
 """
@@ -206,22 +206,27 @@ def run_mode(mode: str, file: Path, steps: int) -> dict:
     return result
 
 
-def precision_runs(work: Path) -> dict:
-    """The demo preset on the demo's built-in set as packed float32 and float16, seed 0, side by side."""
+def precision_runs(work: Path, n_train: int = 1920, n_test: int = 320, epochs: list[int] | None = None) -> dict:
+    """The demo preset on the built-in set (default: the demo's 1,920 + 320 volumes) as packed float32 and
+    float16, seed 0, side by side; `epochs` (pre-training, fine-tuning): fewer than the preset's, for a busy CPU."""
     from stvit.data.synth import write_synthetic_packed
 
     out = {}
     for dtype in ("float32", "float16"):
-        data = work / f"demo-{dtype}.h5"
+        data = work / f"demo-{n_train}-{n_test}-{dtype}.h5"
         if not data.exists():
-            write_synthetic_packed(data, 1920, 320, 0, dtype=dtype)
-        run = work / f"run-demo-{dtype}"
+            write_synthetic_packed(data, n_train, n_test, 0, dtype=dtype)
+        tag = "" if epochs is None else f"-e{epochs[0]}-{epochs[1]}"
+        run = work / f"run-demo-{n_train}-{n_test}{tag}-{dtype}"
         if not (run / "metrics.json").exists():
             t0 = time.perf_counter()
             cmd = [sys.executable, "-m", "stvit.train", "--data", str(data), "--preset", "demo", "--seed", "0",
                    "--out", str(run), "--quiet"]
+            if epochs is not None:
+                cmd += ["--pretrain-epochs", str(epochs[0]), "--ft-epochs", str(epochs[1])]
             subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
             print(f"demo run on {dtype} rows: {time.perf_counter() - t0:.0f} s", flush=True)
+            (run / "wall_s").write_text(f"{time.perf_counter() - t0:.1f}")
         metrics = json.loads((run / "metrics.json").read_text())
         log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         out[dtype] = {"test_accuracy": metrics["test"]["accuracy"], "test_roc_auc": metrics["test"]["roc_auc"],
@@ -229,8 +234,10 @@ def precision_runs(work: Path) -> dict:
                       "final_pretrain_loss": [r["loss"] for r in log if r["stage"] == "pretrain"][-1],
                       "final_train_loss": [r["train_loss"] for r in log if r["stage"] == "finetune"][-1],
                       "baseline_accuracy": metrics.get("baseline", {}).get("accuracy"),
+                      "wall_s": float((run / "wall_s").read_text()) if (run / "wall_s").exists() else None,
                       "predictions": str(run / "predictions.npz")}
     p32, p16 = (np.load(out[d].pop("predictions"))["test_probs"] for d in ("float32", "float16"))
+    out["setup"] = {"n_train": n_train, "n_test": n_test, "epochs": epochs}
     out["agreement"] = {"same_test_predictions": float((p32.argmax(1) == p16.argmax(1)).mean()),
                         "max_abs_prob_difference": float(np.abs(p32 - p16).max())}
     return out
@@ -300,16 +307,22 @@ def report(res: dict) -> str:
               "share = the median time to unpack one batch alone over the median step time.", ""]
     if "precision" in res:
         p = res["precision"]
+        su = p["setup"]
+        ep = "" if su["epochs"] is None else f" --pretrain-epochs {su['epochs'][0]} --ft-epochs {su['epochs'][1]}"
+        reduced = "" if su["epochs"] is None and (su["n_train"], su["n_test"]) == (1920, 320) else \
+            " (reduced from the demo's 1,920 + 320 volumes and 1 + 6 epochs so that both runs fit the time a shared " \
+            "CPU gave them)"
         lines += ["## float32 vs float16 storage: the same run", "",
-                  "`python -m stvit.train --preset demo --seed 0` on the demo's built-in set (1,920 + 320 volumes) "
-                  "packed as float32 and as float16 (the same split, batches and seed; float32 rows give the "
-                  "dense run's batches bit for bit).", ""]
+                  f"`python -m stvit.train --preset demo --seed 0{ep}` on the built-in set ({su['n_train']:,} + "
+                  f"{su['n_test']:,} volumes){reduced}, packed as float32 and as float16 (the same split, batches "
+                  "and seed; float32 rows give the dense run's batches bit for bit).", ""]
         rows = [[k, f"{p[k]['final_pretrain_loss']:.4f}", f"{p[k]['final_train_loss']:.4f}",
                  f"{p[k]['val_accuracy']:.3f}", f"{p[k]['test_accuracy']:.3f}", f"{p[k]['test_roc_auc']:.3f}",
-                 p[k]["best_epoch"], "n/a" if p[k]["baseline_accuracy"] is None else f"{p[k]['baseline_accuracy']:.3f}"]
+                 p[k]["best_epoch"], "n/a" if p[k]["baseline_accuracy"] is None else f"{p[k]['baseline_accuracy']:.3f}",
+                 "-" if p[k].get("wall_s") is None else f"{p[k]['wall_s']:.0f}"]
                 for k in ("float32", "float16")]
         lines += markdown_table(["rows", "last pre-training loss", "last train loss", "val acc", "test acc",
-                                 "test ROC-AUC", "best epoch", "baseline acc"], rows, [False] + [True] * 7)
+                                 "test ROC-AUC", "best epoch", "baseline acc", "wall s"], rows, [False] + [True] * 8)
         a = p["agreement"]
         lines += ["", f"Test predictions: the same class for {100 * a['same_test_predictions']:.1f}% of the test "
                   f"volumes; largest difference of a class probability {a['max_abs_prob_difference']:.4f}.", ""]
@@ -338,6 +351,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/stvit-data-placement"))
     ap.add_argument("--out", type=Path)
     ap.add_argument("--precision-runs", action="store_true")
+    ap.add_argument("--precision-volumes", type=int, nargs=2, default=[1920, 320], metavar=("TRAIN", "TEST"))
+    ap.add_argument("--precision-epochs", type=int, nargs=2, metavar=("PRETRAIN", "FINETUNE"),
+                    help="default: the demo preset's")
     ap.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     ap.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -388,7 +404,7 @@ def main() -> None:
             med[k] = float(np.median(vals)) if vals else None
         res["train"][mode] = med
     if args.precision_runs:
-        res["precision"] = precision_runs(args.work)
+        res["precision"] = precision_runs(args.work, *args.precision_volumes, epochs=args.precision_epochs)
     n = args.n_train + args.n_test
     per = res["files"]["packed float16"] / n
     meta = 8 + 1 + 24 + 8  # label int64, split uint8, subject id <U6, row offset int64
