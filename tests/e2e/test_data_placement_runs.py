@@ -17,9 +17,7 @@ from stvit.data import load_dataset, write_dataset
 from stvit.training import checkpoint as ckpt
 
 from helpers import ROOT, TINY_RUN, VOLUME, killer_script, losses, run_main
-from test_ddp import DDP, N_TEST, torchrun
-
-pytestmark = pytest.mark.e2e
+from e2e.test_ddp import DDP, N_TEST, torchrun
 
 
 @pytest.fixture(scope="module")
