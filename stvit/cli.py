@@ -24,8 +24,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from stvit.config import (AUGMENTS, DEVICES, KERNELS, LEGACY_SECTIONS, MASK_STRATEGIES, PRECISIONS, PRESETS, Config,
-                          ConfigError, preset, stage_sections)
+from stvit.config import (AUGMENTS, DEVICES, KERNELS, LEGACY_SECTIONS, MASK_STRATEGIES, PLACEMENTS, PRECISIONS,
+                          PRESETS, Config, ConfigError, preset, stage_sections)
 from stvit.errors import UserError
 
 
@@ -222,6 +222,11 @@ FLAGS: tuple[Flag, ...] = (
     Flag(("--nan-to-zero",), "data.nan_to_zero", "data",
          "set NaN/Inf voxels to 0 instead of refusing the file; default: refuse",
          {"action": "store_true", "default": None}),
+    Flag(("--data-placement",), "data.placement", "data", lambda c, d: (
+        "where a packed data file (python -m stvit.data pack) lives while training: auto (its rows resident on the "
+        f"device when they fit {c.data.memory_share:g} of its free memory (data.memory_share; host memory on a CPU), "
+        "else streamed from the file by worker processes), device or stream; the same batches either way; a file "
+        f"read whole is resident as dense volumes; default: {c.data.placement}"), {"choices": PLACEMENTS}),
     # recipe
     Flag(("--pretrain-epochs", "--mae-epochs"), "pretrain.epochs", "recipe", lambda c, d: (
         f"epochs of MAE pre-training of the spatial encoder, 0 to skip it; default: {_epochs(c.pretrain)}"), INT),

@@ -52,6 +52,7 @@ MAX_DEPTH = 256  # blocks per transformer (the largest ViTs have 48)
 MAX_MLP_RATIO = 64.0  # MLP width / model width (ViTs use 4)
 MAX_SEED = 2**32 - 1  # numpy's global generator takes seeds below 2**32
 MAX_PERMUTATIONS = 1_000_000  # train.permutations: a (resamples x subjects) float64 matrix stays in memory
+PLACEMENTS = ("auto", "device", "stream")  # where a packed data set lives while training (data.placement)
 
 
 class ConfigError(ValueError):
@@ -202,6 +203,13 @@ class DataConfig:
     # voxels beyond +-max_abs are refused as a unit or scaling error (z-scored volumes hold a few units, raw scanner
     # intensities tens of thousands); None: no bound
     max_abs: float | None = 1e6
+    # where a packed data file lives while training (stvit.data.placement): auto = resident on the device when the
+    # training + validation rows fit memory_share of its free memory (host MemAvailable on a CPU), else streamed
+    # from the file; device; stream. A file read whole (MAT, npz, NIfTI) is resident as dense volumes.
+    placement: str = "auto"
+    memory_share: float = 0.6  # leaves 40% of the device to the model, its activations and the allocator
+    loader_workers: int = 2  # streaming: DataLoader worker processes reading rows (0: read in the main process)
+    loader_prefetch: int = 4  # streaming: batches each worker reads ahead
 
     def __post_init__(self):
         self.check()
@@ -209,6 +217,10 @@ class DataConfig:
     def check(self) -> None:
         _need(len(self.class_names) >= 1 and all(self.class_names), "class_names", "must be non-empty names",
               list(self.class_names))
+        one_of(self, "placement", PLACEMENTS)
+        in_range(self, "memory_share", 0, 1, low_open=True)
+        at_least(self, 0, "loader_workers")
+        at_least(self, 1, "loader_prefetch")
         in_range(self, "val_fraction", 0, 1, high_open=True)
         in_range(self, "flip_fraction", 0, 1)
         one_of(self, "flip_axis", (0, 1, 2))

@@ -4,6 +4,9 @@ its writer: `matv5` (MAT v5/v7), `mat73` (MAT v7.3 and plain HDF5), `npz`, `nift
 `load_dataset(path)` tells the format from the file's first bytes (not its name), checks every key, shape and
 count from the headers before reading any volume, then streams each `X_*` into a preallocated C-order array of
 the training dtype (peak memory near that array's size, not float64 plus copies), and checks the voxels.
+`open_dataset(path)` is `load_dataset` for training: a packed file is opened, not read (its splits are
+`packed.PackedVolumes`, rows read on demand, so a data set larger than memory can be trained on); any other file
+is read as `load_dataset` reads it.
 `write_dataset(path, data)` writes the real layout in any of the formats.
 """
 from __future__ import annotations
@@ -102,6 +105,24 @@ def load_dataset(path, *, volume_shape=VOLUME_SHAPE, num_classes: int = 2, nan_t
     return HCPData(Xtr, ytr, itr, Xte, yte, ite, source=str(path), meta=meta)
 
 
+def open_dataset(path, *, volume_shape=VOLUME_SHAPE, num_classes: int = 2, nan_to_zero: bool = False,
+                 zscore: bool = False, class_names=None, max_abs: float | None = MAX_ABS,
+                 placement: str = "auto") -> HCPData:
+    """`load_dataset`, except that a packed file is opened (`packed.open_packed`: the same checks, from its
+    statistics; the volumes read when indexed) rather than read. `placement` (`data.placement`): "stream" reads
+    rows from a packed file, so it needs one (DataError otherwise, before anything is read); any file can be
+    resident on the device, dense or packed."""
+    path = Path(path)
+    if path.is_file() and packed.is_packed(path):
+        return packed.open_packed(path, volume_shape=volume_shape, num_classes=num_classes, nan_to_zero=nan_to_zero,
+                                  max_abs=max_abs, zscore=zscore)
+    if placement == "stream" and path.exists():
+        raise DataError("data.placement stream reads the rows of a packed data file; this is not one "
+                        f"(convert it: python -m stvit.data pack {path} --out FILE.h5)", path)
+    return load_dataset(path, volume_shape=volume_shape, num_classes=num_classes, nan_to_zero=nan_to_zero,
+                        zscore=zscore, class_names=class_names, max_abs=max_abs)
+
+
 def read_arrays(src, path: Path, volume_shape, num_classes: int, dtype) -> dict:
     """Check every key, shape and count from the headers and the small arrays, then stream the volumes."""
     info = src.variables()
@@ -178,7 +199,7 @@ def write_dataset(path, data: HCPData, *, fmt: str | None = None, dtype=np.float
         nifti.write(path, data)
         return
     if fmt == "packed":  # float32 in-brain voxels (write_packed's default is float16)
-        packed.write_packed(path, data, dtype="float16" if dtype == np.float16 else "float32")
+        packed.write_packed(path, data, dtype="float16" if dtype == np.float16 else "float32", replace=replace)
         return
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)

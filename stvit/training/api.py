@@ -137,7 +137,8 @@ def flatten(d: dict, where: str = "") -> dict[str, Any]:
 
 
 # how a run computes, not what it is (a stage's min_steps is already spent in its epochs, see `plan_new`)
-FREE = ("train.device", "train.compile", "train.log_every", "train.permutations", *(f"{s}.min_steps" for s in STAGES))
+FREE = ("train.device", "train.compile", "train.log_every", "train.permutations",
+        *(f"{s}.min_steps" for s in STAGES), "data.placement", "data.memory_share", "data.loader_workers", "data.loader_prefetch")
 
 
 def requested(request: Request, cfg: Config, where: Path) -> tuple[Config, dict[str, tuple[Any, Any, str]]]:
@@ -190,9 +191,10 @@ def load_data(cfg: Config) -> D.HCPData:
                             f"built-in set would take {need / 1e9:.3g} GB, more than the {have / 1e9:.3g} GB of "
                             "memory here")
         path = D.builtin_dataset_path(dc.synth_train, dc.synth_test, dc.synth_seed)
-    data = D.load_dataset(path, volume_shape=tuple(cfg.model.volume), num_classes=cfg.model.num_classes,
+    data = D.open_dataset(path, volume_shape=tuple(cfg.model.volume), num_classes=cfg.model.num_classes,
                           nan_to_zero=cfg.data.nan_to_zero, zscore=cfg.data.zscore, max_abs=cfg.data.max_abs,
-                          class_names=cfg.data.class_names)
+                          class_names=cfg.data.class_names,
+                          placement=cfg.data.placement)  # a packed file: opened, its rows read as training needs
     caps = {"train": cfg.data.max_train, "test": cfg.data.max_test}
     for split, cap in caps.items():
         if cap is not None:
@@ -329,6 +331,9 @@ def plan(request: Request, data: D.HCPData | None = None) -> Plan:
         if request.stage not in cli.STAGE_CHOICES:
             raise UserError(f"unknown stage '{request.stage}' (choose from {', '.join(cli.STAGE_CHOICES)})")
         check_world(result.cfg)
+        if result.cfg.data.standardize and result.cfg.data.placement == "stream":
+            raise UserError("data.standardize needs the volumes in memory, so it does not stream: use placement "
+                            "auto or device, or import the study cleaned (each voxel standardized per run)")
         check_split(result.cfg, result.split, result.data)
         if request.stage != "pretrain":  # the MAE needs no labels
             check_classes(result.cfg, result.split, result.data, test=request.evaluate)
@@ -419,7 +424,8 @@ def describe(plan: Plan, splits: Splits, device, precision: Precision) -> str:
     return (f"run directory: {plan.run_dir}  (preset {cfg.preset}, device {device}{procs}, precision "
             f"{precision.name}, kernels {cfg.model.kernels} (fused: {fused}), compile {cfg.train.compile}; data "
             f"{plan.data.source}: {len(splits.train)} train / {len(splits.val)} val{test} volumes; "
-            f"{cfg.pretrain.epochs} pretrain + {cfg.finetune.epochs} finetune epochs of {steps} steps)")
+            f"{cfg.pretrain.epochs} pretrain + {cfg.finetune.epochs} finetune epochs of {steps} steps; "
+            f"{D.placement_line(splits.placement)})")
 
 
 def run(plan: Plan, *, on_epoch: Callable[[dict], None] | None = None) -> dict | None:
@@ -440,10 +446,10 @@ def run(plan: Plan, *, on_epoch: Callable[[dict], None] | None = None) -> dict |
         if cfg.data.standardize:
             plan.data = standardized(plan, run_dir)
         if plan.evaluate:
-            splits = Splits.build(plan.data, plan.split, device, precision.storage_dtype)
+            splits = Splits.build(plan.data, plan.split, device, precision.storage_dtype, cfg.data)
         else:
-            full = Splits.build(plan.data, plan.split, device, precision.storage_dtype)
-            splits = Splits(full.train, full.val, no_test_split, full.index)
+            full = Splits.build(plan.data, plan.split, device, precision.storage_dtype, cfg.data)
+            splits = Splits(full.train, full.val, no_test_split, full.index, placement=full.placement)
         if run_dir.main and run_dir.echo:
             print(describe(plan, splits, device, precision), flush=True)
         quiet = plan.quiet or not run_dir.main or not sys.stderr.isatty()  # no progress bars in a log file
@@ -491,9 +497,10 @@ def standardized(plan: Plan, run_dir: RunDir) -> D.HCPData:
     from stvit.data.standardize import STATS_FILE, standardize_split
 
     data = plan.data
-    if plan.shared_data:
-        data = dataclasses.replace(data, X_train=np.array(data.X_train, order="C", copy=True),
-                                   X_test=np.array(data.X_test, order="C", copy=True))
+    lazy = not (isinstance(data.X_train, np.ndarray) and isinstance(data.X_test, np.ndarray))
+    if plan.shared_data or lazy:  # a packed file's rows are read as stored: standardized here, as dense volumes
+        data = dataclasses.replace(data, X_train=np.array(data.X_train, np.float32, order="C", copy=True),
+                                   X_test=np.array(data.X_test, np.float32, order="C", copy=True))
     stats = standardize_split(data, plan.split["train"])
     run_dir.write_arrays(STATS_FILE, **stats.arrays())
     return data

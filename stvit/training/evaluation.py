@@ -18,6 +18,7 @@ import torch
 from stvit.training import steps
 from stvit.config import Config
 from stvit.data import HCPData
+from stvit.data.placement import DEFAULT_SHARE, features_fit
 from stvit.errors import UserError
 from stvit.training.fit import LEAK_WARNING, Splits, predict_split
 from stvit.model.precision import Precision
@@ -58,6 +59,7 @@ def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, pre
         "class_names": names,
         "data": data.source,
         "kernels": ops.to_json(),
+        "data_placement": splits.placement,  # where the data lived, why, the budget and the bytes
     }
     warned = [LEAK_WARNING] if metrics["selected_on"] == "test" else []
     nothing = learned_nothing(run.records(), probs.argmax(1), y, data.y_train[splits.index["train"]], names)
@@ -67,7 +69,12 @@ def evaluate(run: RunDir, cfg: Config, splits: Splits, device: torch.device, pre
     if warned:  # "warning": every text in one string, as before; "warnings": one entry each
         metrics["warning"], metrics["warnings"] = " ".join(warned), warned
     arrays = {}
-    if cfg.train.baseline and run.main:
+    fits, need, budget = features_fit(data, splits.index) if cfg.train.baseline else (True, 0, 0)
+    if cfg.train.baseline and run.main and not fits:  # a streamed data set larger than memory
+        metrics["baseline_skipped"] = (f"its float32 features ({need / 1e9:.1f} GB) exceed {budget / 1e9:.1f} GB, "
+                                       f"{DEFAULT_SHARE:g} of the free host memory")
+        run.note(f"note: no baseline: {metrics['baseline_skipped']}")
+    elif cfg.train.baseline and run.main:
         from stvit.training.baseline import baseline_metrics  # scikit-learn, only when the baseline is fitted
 
         metrics["baseline"], arrays["baseline_test_probs"] = baseline_metrics(data, splits.index, names)

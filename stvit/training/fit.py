@@ -19,9 +19,10 @@ import torch
 from stvit.training import distributed as DIST
 from stvit.training import engine
 from stvit import rng
-from stvit.config import Config
+from stvit.config import Config, DataConfig
 from stvit.data.augment import flip_fraction
-from stvit.data.batches import DeviceSplit
+from stvit.data.batches import Split
+from stvit.data.placement import place
 from stvit.training.rundir import RunDir
 from stvit.training.stages import StageSetup
 
@@ -32,28 +33,33 @@ LEAK_WARNING = ("WARNING: --select-on-test picks the best epoch on the TEST spli
 
 @dataclass
 class Splits:
-    """The device-resident splits of a run: train and validation (carved from the file's training split) and the
-    test split, materialized on first use (the final evaluation, or `--select-on-test`)."""
+    """The splits of a run: train and validation (carved from the file's training split) and the test split,
+    materialized on first use (the final evaluation, or `--select-on-test`); resident on the device or streamed
+    from a packed file, as `stvit.data.placement` chose (`placement`: its record)."""
 
-    train: DeviceSplit
-    val: DeviceSplit
-    make_test: Callable[[], DeviceSplit]
+    train: Split
+    val: Split
+    make_test: Callable[[], Split]
     index: dict[str, np.ndarray]  # positions of train and val in the file's training split
-    _test: DeviceSplit | None = field(default=None, repr=False)
+    _test: Split | None = field(default=None, repr=False)
+    placement: dict[str, Any] | None = None  # where the data lives, why, the budget and the bytes
 
     @classmethod
-    def build(cls, data, index: dict[str, np.ndarray], device: torch.device, dtype: torch.dtype) -> "Splits":
-        return cls(DeviceSplit(data.X_train, data.y_train, device, dtype, index=index["train"]),
-                   DeviceSplit(data.X_train, data.y_train, device, dtype, index=index["val"]),
-                   lambda: DeviceSplit(data.X_test, data.y_test, device, dtype), index)
+    def build(cls, data, index: dict[str, np.ndarray], device: torch.device, dtype: torch.dtype,
+              data_cfg: DataConfig | None = None) -> "Splits":
+        """`data_cfg`: the placement and the streaming loader (`data.placement`, ...); None: the defaults."""
+        d = data_cfg or DataConfig()
+        placed = place(data, index, device, dtype, placement=d.placement, memory_share=d.memory_share,
+                       workers=d.loader_workers, prefetch=d.loader_prefetch)
+        return cls(placed.train, placed.val, placed.make_test, index, placement=placed.record)
 
-    def test(self) -> DeviceSplit:
+    def test(self) -> Split:
         if self._test is None:
             self._test = self.make_test()
         return self._test
 
 
-def predict_split(fn: Callable, model: torch.nn.Module, split: DeviceSplit,
+def predict_split(fn: Callable, model: torch.nn.Module, split: Split,
                   cfg: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(probs (N, C), labels (N,), positions (N,), mean cross-entropy) of a whole split through the evaluation
     function `fn`; under torchrun each rank predicts its shards and every rank gets the whole split."""
@@ -117,6 +123,7 @@ def fit(setup: StageSetup, run: RunDir, splits: Splits, resume: dict[str, Any] |
             record.update(validate(setup, splits, test=t.select_on_test))
         if epoch == start:
             record["kernels"] = setup.ops.to_json()  # which ops ran fused, and why
+            record["data_placement"] = splits.placement  # where the data lives, why, the budget and the bytes
             if t.compile:
                 record["compile_seconds"] = setup.compile_seconds
         run.log(record)

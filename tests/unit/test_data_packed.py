@@ -82,3 +82,95 @@ def test_refusals_leave_no_file(tmp_path):
         with PackedWriter(tmp_path / "x.h5", np.ones((5, 6, 4), bool)) as w:
             w.add(big, data.y_train, "train")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- reading rows straight from the file ------------------------------------------------------------------------
+
+
+def test_rows_are_read_at_their_offsets_in_any_order(tmp_path):
+    from stvit.data.packed import row_offsets
+
+    data = small_data(n_train=40, n_test=9)
+    for dtype in ("float16", "float32"):
+        path = write_packed(tmp_path / f"r-{dtype}.h5", data, dtype=dtype, block=7)  # blocks of 7: many appends
+        with PackedFile(path) as p:
+            offsets = row_offsets(p.voxels)
+            assert offsets is not None and len(np.unique(offsets)) == p.n
+            reader = p.reader()
+            for idx in (np.arange(p.n), np.array([48, 3, 3, 0, 17]), np.array([], np.int64), np.arange(5, 30)):
+                want = p.voxels[()][idx]
+                got = reader.read(idx)
+                assert got.dtype == p.dtype and got.shape == want.shape
+                np.testing.assert_array_equal(got, want)
+            assert len(reader._runs(offsets[np.arange(10, 20)])) < 10  # adjacent rows: fewer reads than rows
+            reader.close()
+
+
+def test_rows_of_a_compressed_file_are_read_through_h5py(tmp_path):
+    import h5py
+
+    from stvit.data.packed import row_offsets
+
+    data = small_data()
+    path = write_packed(tmp_path / "c.h5", data, dtype="float32")
+    with h5py.File(path, "r+") as f:  # what h5repack -f GZIP would leave: the same rows, compressed
+        rows = f["voxels"][()]
+        del f["voxels"]
+        f.create_dataset("voxels", data=rows, chunks=(2, rows.shape[1]), compression="gzip")
+    with PackedFile(path) as p:
+        assert row_offsets(p.voxels) is None
+        np.testing.assert_array_equal(p.reader().read(np.array([5, 1, 1])), rows[[5, 1, 1]])
+
+
+def test_value_statistics_are_written_and_checked_on_open(tmp_path):
+    import h5py
+
+    from stvit.data import DataError
+    from stvit.data.packed import open_packed
+
+    data = small_data()
+    data.X_train[0][data.X_train[0] != 0] *= 40.0
+    path = write_packed(tmp_path / "s.h5", data, dtype="float32")
+    with PackedFile(path) as p:
+        top = float(np.abs(np.concatenate([data.X_train, data.X_test])).max())
+        assert p.stats == (pytest.approx(top), 0)
+        assert p.value_stats() == p.stats
+    with pytest.raises(DataError, match=r"beyond \+-10"):
+        open_packed(path, max_abs=10.0)
+    with h5py.File(path, "r+") as f:  # a file written before the statistics: they are computed by one pass
+        del f.attrs["max_abs"], f.attrs["nonfinite"]
+        f["voxels"][3, 0] = np.nan
+    with PackedFile(path) as p:
+        assert p.stats is None and p.value_stats() == (pytest.approx(top), 1)
+    with pytest.raises(DataError, match="1 NaN/Inf voxels"):
+        open_packed(path)
+    with pytest.raises(DataError, match="z-score the volumes when packing"):
+        open_packed(path, nan_to_zero=True, zscore=True)
+    opened = open_packed(path, nan_to_zero=True)
+    assert np.isfinite(np.asarray(opened.X_train)).all()
+
+
+def test_packed_views_read_only_when_indexed(tmp_path):
+    data = small_data(n_train=12)
+    path = write_packed(tmp_path / "v.h5", data, dtype="float32")
+    opened = load_dataset(path, volume_shape=(5, 6, 4))  # dense, as every reader
+    from stvit.data import open_dataset
+    from stvit.data.packed import PackedVolumes
+
+    lazy = open_dataset(path, volume_shape=(5, 6, 4))
+    X = lazy.X_train
+    assert isinstance(X, PackedVolumes) and X.shape == (12, 5, 6, 4) and len(X) == 12 and X.ndim == 4
+    view = X[2:9]
+    assert isinstance(view, PackedVolumes) and view.shape == (7, 5, 6, 4)  # a slice reads nothing
+    np.testing.assert_array_equal(np.asarray(view), opened.X_train[2:9])
+    np.testing.assert_array_equal(X[np.array([4, 0, 4])], opened.X_train[[4, 0, 4]])
+    np.testing.assert_array_equal(X[3], opened.X_train[3])
+    np.testing.assert_array_equal(X[np.arange(12) % 3 == 0], opened.X_train[::3])
+    flat = X.reshape(len(X), -1)
+    np.testing.assert_array_equal(flat[np.array([1, 2])], opened.X_train[[1, 2]].reshape(2, -1))
+    np.testing.assert_array_equal(lazy.y_test, opened.y_test)
+    np.testing.assert_array_equal(lazy.ids_train, opened.ids_train)
+    support = (opened.X_train != 0).any(0) | (opened.X_test != 0).any(0)
+    assert X.source.width == support.sum() and X.packed_nbytes == 12 * X.source.width * 4
+    with pytest.raises(ValueError, match="reshapes only"):
+        X.reshape(3, 4, -1)
