@@ -142,3 +142,29 @@ def test_a_trained_run_applies_its_training_statistics_to_new_input(tiny, tmp_pa
     (gone / STATS_FILE).unlink()
     with pytest.raises(UserError, match="training statistics are missing"):
         stvit.load(gone, device="cpu")
+
+
+def test_a_packed_file_is_standardized_as_its_dense_volumes_and_streaming_is_refused(tiny, tmp_path, capsys):
+    """A packed file's rows are read as stored, so the run standardizes dense copies of them: the statistics it
+    saves equal those of the same volumes from the .npz; with placement stream the run is refused before writing."""
+    from helpers import run_main
+
+    from stvit.data import load_dataset
+    from stvit.data.packed import write_packed
+
+    data, cfg = tiny
+    d = load_dataset(data, volume_shape=(5, 14, 6))
+    packed = write_packed(tmp_path / "tiny.h5", d, dtype="float32")
+    flags = ["--config", str(cfg), "--quiet", "--standardize", "--pretrain-epochs", "0", "--ft-epochs", "1",
+             "--no-baseline"]
+    for name, src in (("dense", data), ("packed", packed)):
+        assert run_main(["--data", str(src), "--out", str(tmp_path / name), *flags]) == 0
+    a, b = (np.load(tmp_path / name / "standardize.npz") for name in ("dense", "packed"))
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-6)
+    capsys.readouterr()
+    assert run_main(["--data", str(packed), "--out", str(tmp_path / "stream"), "--data-placement", "stream",
+                     *flags]) == 2
+    assert "data.standardize" in capsys.readouterr().err
+    assert not (tmp_path / "stream").exists()
