@@ -60,7 +60,7 @@ def test_a_run_reports_its_baseline_and_reads_test_only_at_the_end(tiny, tmp_pat
     again, _ = B.baseline_metrics(D.load_dataset(data, volume_shape=VOLUME), {"train": tr, "val": va},
                                   m["class_names"])
     assert again["accuracy"] == b["accuracy"] and again["C"] == b["C"]
-    line = capsys.readouterr().out.strip().splitlines()[-1]
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("test: "))
     assert line.startswith(f"test: accuracy {m['test']['accuracy']:.3f}")
     assert f"| baseline (logistic regression, C {b['C']:g}): accuracy {b['accuracy']:.3f}" in line
 
