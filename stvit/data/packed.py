@@ -99,7 +99,9 @@ class PackedWriter:
         self.meta: dict[str, list[np.ndarray]] = {}
         fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         os.close(fd)
-        self.f = h5py.File(self.tmp, "w", libver=("earliest", "v110"))
+        # no chunk cache: each row is one whole chunk, written when added, so a full disk fails in `add` and leaves
+        # no dirty chunks behind for the close to write
+        self.f = h5py.File(self.tmp, "w", libver=("earliest", "v110"), rdcc_nbytes=0)
         a = self.f.attrs
         a["stvit_format"], a["version"] = FORMAT, VERSION
         a["volume_shape"] = np.asarray(self.mask.shape, np.int64)
@@ -136,8 +138,11 @@ class PackedWriter:
         if self.dtype == np.float16 and bad:  # float16 rows given as they are
             raise beyond
         self.max_abs, self.nonfinite = max(self.max_abs, top), self.nonfinite + bad
-        self.voxels.resize(self.n + B, axis=0)
-        self.voxels[self.n:self.n + B] = stored
+        try:
+            self.voxels.resize(self.n + B, axis=0)
+            self.voxels[self.n:self.n + B] = stored
+        except OSError as err:
+            raise _os_error(err, self.path) from None
         self.labels.append(np.asarray(labels, np.int64).reshape(B))
         codes = np.asarray([split] * B if isinstance(split, str) else split).reshape(B)
         if codes.dtype.kind in "US":
@@ -176,6 +181,7 @@ class PackedWriter:
                                              track_times=False)
                     else:
                         group.create_dataset(k, data=v, track_times=False)
+            self.f.flush()  # a full disk fails here, with the file still open (see `abort`)
             self.f.close()
             os.chmod(self.tmp, 0o666 & ~_umask())
             if self.replace:
@@ -183,15 +189,26 @@ class PackedWriter:
             else:  # fails if `path` appeared meanwhile: never replaces a file another process wrote
                 os.link(self.tmp, self.path)
                 os.unlink(self.tmp)
+        except OSError as err:
+            self.abort()
+            raise _os_error(err, self.path) from None
         except BaseException:
             self.abort()
             raise
         return self.path
 
     def abort(self) -> None:
-        """Drop the temporary file."""
+        """Drop the temporary file. On a full disk HDF5 cannot flush its metadata, so the file is emptied first:
+        its close then succeeds (a file left open by a failed close crashes the interpreter when collected)."""
         try:
-            self.f.close()
+            os.truncate(self.tmp, 0)
+        except OSError:
+            pass
+        self.voxels = None
+        try:
+            if self.f.id.valid:
+                self.f.flush()
+                self.f.close()
         except Exception:  # noqa: BLE001 - closing a file that failed to write
             pass
         Path(self.tmp).unlink(missing_ok=True)
@@ -204,6 +221,18 @@ class PackedWriter:
             self.close()
         else:
             self.abort()
+
+
+def _os_error(err: OSError, path: Path) -> OSError:
+    """HDF5's write errors as the OSError they are: h5py's OSError carries HDF5's whole report as its message
+    (a full disk: "Driver write request failed (file write failed: ..., errno = 28, ...)"), which the one-line write
+    error would print whole; this keeps the errno and the system's words for it."""
+    import errno as E
+    import re
+
+    m = re.search(r"errno = (\d+)", str(err))
+    code = err.errno or (int(m.group(1)) if m else E.EIO)
+    return OSError(code, os.strerror(code), str(path))
 
 
 def _value_stats(v: np.ndarray) -> tuple[float, int]:
