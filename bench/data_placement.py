@@ -170,33 +170,15 @@ def worker(args) -> None:
           flush=True)
 
 
-def tree(pid: int) -> list[int]:
-    out = [pid]
-    try:
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            out += tree(int(child))
-    except OSError:
-        pass
-    return out
-
-
-def pss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def run_mode(mode: str, file: Path, steps: int) -> dict:
+    from stvit.perf.memory import tree_pss
+
     cmd = [sys.executable, __file__, "--worker", mode, "--file", str(file), "--steps", str(steps)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, sum(pss(p) for p in tree(proc.pid)))
+        peak = max(peak, tree_pss(proc.pid))
         time.sleep(0.05)
     out, err = proc.communicate()
     if proc.returncode:

@@ -618,30 +618,37 @@ class PackedVolumes:
         return f"PackedVolumes({str(self.source.path)!r}, {len(self)} rows, {self.source.dtype})"
 
 
+def check_packed(p: "PackedFile", path, volume_shape, num_classes: int | None, nan_to_zero: bool,
+                 max_abs: float | None) -> int:
+    """The checks `load_dataset` makes, from a packed file's header and statistics: the volume shape, the labels,
+    the NaN/Inf voxels (refused unless `nan_to_zero`) and the largest value; returns the count of NaN/Inf voxels."""
+    from stvit.data.dataset import as_labels
+
+    if volume_shape is not None and tuple(volume_shape) != p.volume_shape:
+        raise DataError(f"volumes are {'x'.join(map(str, p.volume_shape))}, expected "
+                        f"{'x'.join(map(str, volume_shape))}", path)
+    if num_classes is not None:
+        as_labels(p.labels, "labels", num_classes, path)
+    top, bad = p.value_stats()
+    if bad and not nan_to_zero:
+        raise DataError(f"voxels has {bad:,} NaN/Inf voxels; --nan-to-zero (nan_to_zero=True) sets them to 0", path)
+    if max_abs is not None and top > max_abs:
+        raise DataError(f"voxels has values beyond +-{max_abs:g} (largest |value| {top:.3g}): a unit or scaling "
+                        "error? z-scored volumes hold values of a few units; data.max_abs raises the bound", path)
+    return bad
+
+
 def open_packed(path: Path | str, *, volume_shape=None, num_classes: int | None = None, nan_to_zero: bool = False,
                 max_abs: float | None = None, zscore: bool = False) -> HCPData:
     """A packed file's train and test splits as `PackedVolumes` (nothing read but the mask, labels, split and
     metadata), with the checks `load_dataset` makes: the shape, the labels, non-empty splits, and the voxels'
     values from the file's statistics (`max_abs`, `nonfinite`; computed by one pass when a file lacks them)."""
-    from stvit.data.dataset import as_labels
-
     path = Path(path)
     if zscore:
         raise DataError("data.zscore does not apply to a packed file (its rows are read as stored); z-score the "
                         "volumes when packing them: python -m stvit.data pack IN --out OUT --zscore", path)
     with PackedFile(path) as p:
-        if volume_shape is not None and tuple(volume_shape) != p.volume_shape:
-            raise DataError(f"volumes are {'x'.join(map(str, p.volume_shape))}, expected "
-                            f"{'x'.join(map(str, volume_shape))}", path)
-        if num_classes is not None:
-            as_labels(p.labels, "labels", num_classes, path)
-        top, bad = p.value_stats()
-        if bad and not nan_to_zero:
-            raise DataError(f"voxels has {bad:,} NaN/Inf voxels; --nan-to-zero (nan_to_zero=True) sets them to 0",
-                            path)
-        if max_abs is not None and top > max_abs:
-            raise DataError(f"voxels has values beyond +-{max_abs:g} (largest |value| {top:.3g}): a unit or scaling "
-                            "error? z-scored volumes hold values of a few units; data.max_abs raises the bound", path)
+        bad = check_packed(p, path, volume_shape, num_classes, nan_to_zero, max_abs)
         source = PackedSource(path, p.reader(), p.mask, nan_to_zero=bool(bad) and nan_to_zero)
         out = {}
         for code, split in enumerate(SPLITS):
@@ -660,19 +667,10 @@ def repack(src: Path | str, out: Path | str, *, dtype: str = "float16", zscore: 
     """A packed file into another (`dtype`; each volume z-scored with `zscore`), a block of rows at a time: memory
     independent of the file's size. Same mask, labels, split, metadata and class names; the source's provenance
     with `packed_from` added. Returns (rows, in-brain voxels per row)."""
-    from stvit.data.dataset import MAX_ABS, as_labels, zscore_volumes
+    from stvit.data.dataset import MAX_ABS, zscore_volumes
 
     with PackedFile(src) as p:
-        if volume_shape is not None and tuple(volume_shape) != p.volume_shape:
-            raise DataError(f"volumes are {'x'.join(map(str, p.volume_shape))}, expected "
-                            f"{'x'.join(map(str, volume_shape))}", src)
-        if num_classes is not None:
-            as_labels(p.labels, "labels", num_classes, src)
-        top, bad = p.value_stats()
-        if bad and not nan_to_zero:
-            raise DataError(f"voxels has {bad:,} NaN/Inf voxels; --nan-to-zero sets them to 0", src)
-        if top > MAX_ABS:
-            raise DataError(f"voxels has values beyond +-{MAX_ABS:g} (largest |value| {top:.3g})", src)
+        bad = check_packed(p, src, volume_shape, num_classes, nan_to_zero, MAX_ABS)
         reader = p.reader()
         provenance = {**p.provenance, "packed_from": str(src)}
         with PackedWriter(out, p.mask, dtype=dtype, class_names=p.class_names, provenance=provenance) as w:

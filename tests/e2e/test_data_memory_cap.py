@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from stvit.data.packed import PackedWriter
+from stvit.perf.memory import tree_pss
 
 from helpers import ROOT
 
@@ -93,29 +94,6 @@ def oom_kills(group: Path, version: str) -> int:
     return int(fields.get("oom_kill", 0))
 
 
-def tree(pid: int) -> list[int]:
-    """`pid` and its descendants (the DataLoader workers)."""
-    out = [pid]
-    try:
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            out += tree(int(child))
-    except OSError:
-        pass
-    return out
-
-
-def pss(pid: int) -> int:
-    """Proportional set size: private pages plus a share of the pages shared with other processes (so a sum over
-    processes counts each page once)."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def test_streamed_training_from_a_file_ten_times_its_memory_cap(tmp_path):
     size = ROWS * np.prod(SHAPE) * 2
     if shutil.disk_usage(tmp_path).free < 1.5 * size:
@@ -140,7 +118,7 @@ def test_streamed_training_from_a_file_ten_times_its_memory_cap(tmp_path):
                                 preexec_fn=enter)
         peak = 0
         while proc.poll() is None:
-            peak = max(peak, sum(pss(p) for p in tree(proc.pid)))
+            peak = max(peak, tree_pss(proc.pid))
             time.sleep(0.05)
         output = proc.stdout.read()
         seconds = time.perf_counter() - t0
