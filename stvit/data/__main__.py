@@ -1,5 +1,5 @@
-"""`python -m stvit.data inspect FILE`, `python -m stvit.data synth --out FILE`, `python -m stvit.data pack IN --out OUT`
-and `python -m stvit.data import SOURCE --out FILE` (stvit.data.importer).
+"""`python -m stvit.data inspect FILE`, `python -m stvit.data synth --out FILE`,
+`python -m stvit.data pack IN --out OUT` and `python -m stvit.data import SOURCE --out FILE` (stvit.data.importer).
 
 inspect: the variables (from the headers), then the checked contents (label balance, subjects, value range,
 in-brain voxels) and `valid`, or the problem as `error: <file>: <problem>` with exit code 2.
@@ -216,14 +216,17 @@ def pack(args) -> int:
         else:
             data = load_dataset(src, volume_shape=shape, num_classes=args.num_classes, nan_to_zero=args.nan_to_zero,
                                 zscore=args.zscore)
-            packed.write_packed(out, data, dtype=args.dtype, provenance={"packed_from": str(src)})
+            packed.write_packed(out, data, dtype=args.dtype, provenance={"packed_from": str(src)},
+                                replace=args.force)
             n = len(data.y_train) + len(data.y_test)
             with packed.PackedFile(out) as p:
                 width = p.voxels.shape[1]
     except ValueError as err:  # the writer's refusals: values beyond float16, voxels outside the mask
         raise DataError(f"cannot pack: {err}", src) from None
-    except OSError as err:
-        raise DataError(f"cannot write ({err.strerror or err})", out) from None
+    except OSError as err:  # a full disk, a quota: the packed file is written atomically
+        e = WriteError(out, err)
+        e.hint = "nothing was written; make room and run the command again"
+        raise e from None
     dense = n * int(np.prod(shape)) * 4
     size = out.stat().st_size
     print(f"packed {src} -> {out}: {n} volumes, {width:,} in-brain voxels each, {args.dtype}, {_size(size)} "

@@ -99,18 +99,25 @@ class PackedWriter:
         self.meta: dict[str, list[np.ndarray]] = {}
         fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         os.close(fd)
-        # no chunk cache: each row is one whole chunk, written when added, so a full disk fails in `add` and leaves
-        # no dirty chunks behind for the close to write
-        self.f = h5py.File(self.tmp, "w", libver=("earliest", "v110"), rdcc_nbytes=0)
-        a = self.f.attrs
-        a["stvit_format"], a["version"] = FORMAT, VERSION
-        a["volume_shape"] = np.asarray(self.mask.shape, np.int64)
-        a["class_names"] = json.dumps(list(class_names))
-        a["provenance"] = json.dumps(provenance or {}, sort_keys=True)
-        self.f.create_dataset("mask", data=self.mask.astype(np.uint8), track_times=False)
-        V = len(self.index)
-        self.voxels = self.f.create_dataset("voxels", shape=(0, V), maxshape=(None, V), dtype=self.dtype,
-                                            chunks=(1, max(V, 1)), track_times=False)
+        self.f = None
+        try:
+            # no chunk cache: each row is one whole chunk, written when added, so a full disk fails in `add`
+            # and leaves no dirty chunks behind for the close to write
+            self.f = h5py.File(self.tmp, "w", libver=("earliest", "v110"), rdcc_nbytes=0)
+            a = self.f.attrs
+            a["stvit_format"], a["version"] = FORMAT, VERSION
+            a["volume_shape"] = np.asarray(self.mask.shape, np.int64)
+            a["class_names"] = json.dumps(list(class_names))
+            a["provenance"] = json.dumps(provenance or {}, sort_keys=True)
+            self.f.create_dataset("mask", data=self.mask.astype(np.uint8), track_times=False)
+            V = len(self.index)
+            self.voxels = self.f.create_dataset("voxels", shape=(0, V), maxshape=(None, V), dtype=self.dtype,
+                                                chunks=(1, max(V, 1)), track_times=False)
+        except OSError as err:  # a full disk already: nothing of the file is kept
+            if self.f is not None:
+                self.abort()
+            Path(self.tmp).unlink(missing_ok=True)
+            raise _os_error(err, self.path) from None
         self.labels: list[np.ndarray] = []
         self.splits: list[np.ndarray] = []
         self.max_abs, self.nonfinite = 0.0, 0  # written at close: the value checks a reader makes for free
@@ -206,7 +213,7 @@ class PackedWriter:
             pass
         self.voxels = None
         try:
-            if self.f.id.valid:
+            if self.f is not None and self.f.id.valid:
                 self.f.flush()
                 self.f.close()
         except Exception:  # noqa: BLE001 - closing a file that failed to write

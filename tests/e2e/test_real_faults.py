@@ -167,6 +167,13 @@ def test_the_data_cache_and_synth_on_a_real_full_disk(tmp_path, capsys, monkeypa
         one_line(capsys.readouterr().err, f"{disk / 's.mat'}: cannot write (No space left on device)",
                  "nothing was written")
         assert sorted(os.listdir(disk)) == ["cache"]
+        src = write_tiny_data(tmp_path / "tiny.npz")
+        filler = fill(disk, leave_kb=0)
+        assert run_cli(data_cli.main, ["pack", str(src), "--out", str(disk / "p.h5"), "--volume-shape", "5", "14",
+                                       "6"]) == 4
+        one_line(capsys.readouterr().err, f"{disk / 'p.h5'}: cannot write (No space left on device)",
+                 "nothing was written")
+        assert sorted(os.listdir(disk)) == sorted(["cache", filler.name])
 
 
 def test_a_packed_file_on_a_real_full_disk_fails_cleanly_and_the_interpreter_survives(tmp_path):
